@@ -1,0 +1,32 @@
+# jobstore: `make test` and `make run` work on a fresh machine with Python 3.11.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint run bench docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy --strict src
+
+test: lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+run: $(STAMP)
+	$(BIN)/jobstore serve --data-dir ./var
+
+docs: $(STAMP)
+	$(BIN)/python -m jobstore.states > docs/states.md
+
+clean:
+	rm -rf $(VENV) var build dist src/*.egg-info

@@ -1,0 +1,226 @@
+"""Macaroon authorisation, checked exactly as Databox core-store (zestdb) checks it.
+
+A token is a libmacaroons v1 macaroon in base64 (URL-safe or standard alphabet, padded or
+not) whose signature is the HMAC-SHA256 chain keyed by the store's token secret, the way
+the arbiter (and pymacaroons) mint it. The store builds the *required caveats* of each
+request; every first-party caveat in the token must equal one of them, or end in ``*``
+with the text before the ``*`` a prefix of one of them followed by at least one more
+character (zestdb's ``has_prefix``). A required caveat the token lacks is fine: fewer
+caveats make a broader token. Third-party caveats are refused, since no discharge
+macaroons are ever presented (zestdb verifies with an empty discharge list).
+
+Pure: no sockets, no I/O. The parsed, signature-checked caveats of a token are cached
+per :class:`Authoriser`, so a repeated token costs only the caveat matching.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+from jobstore.errors import Unauthorized
+
+_KEY_GENERATOR = b"macaroons-key-generator"
+_SIGNATURE_SIZE = 32
+_MAX_TOKEN = 0xFFFF  # a Zest token length is a u16; no real token comes near it
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_KEYS = ("path", "method", "target", "client", "observe")
+_TO_STANDARD = str.maketrans("-_", "+/")
+
+
+def required_caveats(
+    *, method: str, path: str, target: str, client: str | None = None, observe: bool = False
+) -> tuple[str, ...]:
+    """The caveats a request satisfies, spelt ``"key = value"`` as the arbiter mints them."""
+    caveats = [f"path = {path}", f"method = {method.upper()}", f"target = {target}"]
+    if client is not None:
+        caveats.append(f"client = {client}")
+    if observe:
+        caveats.append("observe = data")
+    return tuple(caveats)
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _derive(secret: bytes) -> bytes:
+    return _hmac(_KEY_GENERATOR, secret)
+
+
+def _signature(key: bytes, identifier: bytes, caveats: Iterable[bytes]) -> bytes:
+    """The HMAC chain from ``key``, the secret's derived key as libmacaroons makes it."""
+    signature = _hmac(key, identifier)
+    for caveat in caveats:
+        signature = _hmac(signature, caveat)
+    return signature
+
+
+def _packet(key: bytes, value: bytes) -> bytes:
+    size = 4 + len(key) + 1 + len(value) + 1
+    if size > 0xFFFF:
+        raise ValueError(f"macaroon {key.decode()} packet is {size} bytes; the v1 limit is 65535")
+    return b"%04x%s %s\n" % (size, key, value)
+
+
+def mint(
+    secret: bytes,
+    caveats: Iterable[str],
+    *,
+    location: str = "jobstore",
+    identifier: str = "jobstore-dev",
+) -> str:
+    """A v1 macaroon with these first-party caveats, URL-safe padded base64 like the arbiter's."""
+    cids = [caveat.encode() for caveat in caveats]
+    raw = _packet(b"location", location.encode()) + _packet(b"identifier", identifier.encode())
+    raw += b"".join(_packet(b"cid", cid) for cid in cids)
+    raw += _packet(b"signature", _signature(_derive(secret), identifier.encode(), cids))
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _malformed(reason: str) -> Unauthorized:
+    return Unauthorized(f"token is not valid base64 macaroon: {reason}")
+
+
+def _decode(token: str) -> bytes:
+    if len(token) > _MAX_TOKEN:
+        raise _malformed(f"it is {len(token)} characters long, more than {_MAX_TOKEN}")
+    try:
+        standard = token.translate(_TO_STANDARD)
+        return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise _malformed("it is not base64 (URL-safe or standard alphabet)") from None
+
+
+def _packets(raw: bytes) -> list[tuple[bytes, bytes]]:
+    packets: list[tuple[bytes, bytes]] = []
+    at = 0
+    while at < len(raw):
+        prefix = raw[at : at + 4]
+        if len(prefix) < 4 or not _HEX.issuperset(prefix):
+            raise _malformed(f"no 4-hex-digit packet length at byte {at}")
+        end = at + int(prefix, 16)
+        body = raw[at + 4 : end]
+        if end > len(raw) or not body.endswith(b"\n") or b" " not in body:
+            raise _malformed(f"the packet at byte {at} is not 'key value\\n' of its stated length")
+        key, _, value = body[:-1].partition(b" ")
+        packets.append((key, value))
+        at = end
+    return packets
+
+
+def _parse(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """Identifier, caveat ids and signature of a v1 macaroon; first-party caveats only."""
+    packets = _packets(raw)
+    if packets and packets[0][0] == b"location":
+        packets = packets[1:]
+    if not packets or packets[0][0] != b"identifier":
+        raise _malformed("it has no identifier packet after the optional location")
+    if packets[-1][0] != b"signature":
+        raise _malformed("its last packet is not the signature")
+    if len(packets[-1][1]) != _SIGNATURE_SIZE:
+        raise _malformed(f"the signature is not {_SIGNATURE_SIZE} bytes")
+    cids: list[bytes] = []
+    for key, value in packets[1:-1]:
+        if key in (b"vid", b"cl") and cids:
+            raise Unauthorized(
+                "token has a third-party caveat, which this store cannot discharge; "
+                "ask the arbiter for a token with first-party caveats only"
+            )
+        if key != b"cid":
+            raise _malformed(f"unexpected packet {key[:32]!r}")
+        cids.append(value)
+    return packets[0][1], cids, packets[-1][1]
+
+
+def _matches(caveat: str, required: tuple[str, ...]) -> bool:
+    if caveat in required:
+        return True
+    if not caveat.endswith("*"):
+        return False
+    prefix = caveat[:-1]
+    # zestdb's has_prefix: the ``*`` stands for at least one character.
+    return any(len(r) > len(prefix) and r.startswith(prefix) for r in required)
+
+
+def _verify(key: bytes, token: str) -> tuple[str, ...]:
+    """The caveats of a well-formed token whose signature chain starts from ``key``."""
+    identifier, cids, signature = _parse(_decode(token))
+    if not hmac.compare_digest(_signature(key, identifier, cids), signature):
+        raise Unauthorized(
+            "token signature does not verify: it was not minted with this store's secret"
+        )
+    try:
+        return tuple(cid.decode() for cid in cids)
+    except UnicodeDecodeError:
+        raise _malformed("a caveat is not UTF-8 text") from None
+
+
+class Authoriser:
+    """Decides whether a request's token grants it; off (allows everything) without a secret."""
+
+    def __init__(self, secret: bytes | None, identity: str) -> None:
+        self.identity = identity
+        # Only the derived key is kept. A token's verdict depends on nothing else, so
+        # repeated tokens skip parsing and HMACs; failures raise and are not cached.
+        self._verified = (
+            None
+            if secret is None
+            else functools.lru_cache(maxsize=1024)(functools.partial(_verify, _derive(secret)))
+        )
+
+    @property
+    def enabled(self) -> bool:
+        """True when a token secret is configured and requests need a macaroon."""
+        return self._verified is not None
+
+    def check(
+        self,
+        token: str | bytes | None,
+        *,
+        method: str,
+        path: str,
+        client: str | None = None,
+        observe: bool = False,
+    ) -> None:
+        """Return if ``token`` grants the request, else raise :class:`Unauthorized` saying why."""
+        if self._verified is None:
+            return
+        if not token:
+            raise Unauthorized("missing token: this store requires a macaroon from the arbiter")
+        if isinstance(token, bytes):
+            try:
+                token = token.decode("ascii")
+            except UnicodeDecodeError:
+                raise _malformed("it is not ASCII text") from None
+        required = required_caveats(
+            method=method, path=path, target=self.identity, client=client, observe=observe
+        )
+        for caveat in self._verified(token):
+            if not _matches(caveat, required):
+                raise Unauthorized(_refusal(caveat, required))
+
+
+def _refusal(caveat: str, required: tuple[str, ...]) -> str:
+    """Why ``caveat`` does not grant a request with ``required`` caveats, and what to do."""
+    request = ", ".join(required)
+    key = caveat.split(" = ", 1)[0] if " = " in caveat else None
+    if key not in _KEYS:
+        return (
+            f'token caveat "{caveat}" is not one this store checks (it checks '
+            f"{', '.join(_KEYS)}); ask the arbiter for a token without it"
+        )
+    value = next((r.split(" = ", 1)[1] for r in required if r.startswith(f"{key} = ")), None)
+    if value is None:
+        return (
+            f'token caveat "{caveat}" does not match this request ({request}), '
+            f"which has no {key}; use a token minted for this kind of request"
+        )
+    return (
+        f'token caveat "{caveat}" does not match this request ({request}); '
+        f"ask the arbiter for a token covering {key} {value}"
+    )

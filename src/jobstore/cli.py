@@ -1,0 +1,299 @@
+"""The ``jobstore`` command: parse -> config -> library call."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .client import Driver, JobClient, JobContext
+from .errors import ClientError, JobstoreError, RequestFailed
+from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
+from .service import Limits, Service
+from .storage import DEFAULT_MAP_SIZE, Storage
+
+log = logging.getLogger("jobstore")
+
+EXIT_FAILED = 1  # the store answered with an error
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3  # no answer in time
+
+
+def _env(name: str, default: Any = None) -> Any:
+    return os.environ.get(f"JOBSTORE_{name}", default)
+
+
+def _add_serve(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run a store",
+        description="Run a job store. Every flag can also be set as JOBSTORE_<FLAG> "
+        "(e.g. JOBSTORE_DATA_DIR).",
+        epilog="example: jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555",
+    )
+    p.add_argument("--data-dir", default=_env("DATA_DIR", "./var"), help="LMDB directory (./var)")
+    p.add_argument("--request-endpoint", default=_env("REQUEST_ENDPOINT", DEFAULT_REQUEST))
+    p.add_argument("--observe-endpoint", default=_env("OBSERVE_ENDPOINT", DEFAULT_OBSERVE))
+    p.add_argument("--notify-endpoint", default=_env("NOTIFY_ENDPOINT", DEFAULT_NOTIFY))
+    p.add_argument(
+        "--secret-key-file",
+        default=_env("SECRET_KEY_FILE"),
+        help="file holding the server's 40-character Z85 CURVE secret key; CURVE is off without it",
+    )
+    p.add_argument(
+        "--token-key-file",
+        default=_env("TOKEN_KEY_FILE"),
+        help="file holding the macaroon secret; tokens are not checked without it",
+    )
+    p.add_argument(
+        "--identity",
+        default=_env("IDENTITY", os.environ.get("DATABOX_LOCAL_NAME", "jobstore")),
+        help="store identity, the macaroon target caveat (DATABOX_LOCAL_NAME)",
+    )
+    p.add_argument(
+        "--lease", type=int, default=int(_env("LEASE", 30_000)), help="default lease, ms"
+    )
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=int(_env("MAX_ATTEMPTS", 5)),
+        help="lease expiries before failed",
+    )
+    p.add_argument("--map-size", type=int, default=int(_env("MAP_SIZE", DEFAULT_MAP_SIZE)))
+    p.set_defaults(func=cmd_serve)
+
+
+def _read_key(path: str | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise SystemExit(f"jobstore: cannot read the {what} file {path}: {exc.strerror}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    secret_key = _read_key(args.secret_key_file, "CURVE secret key")
+    if secret_key is not None and len(secret_key) != 40:
+        raise SystemExit(
+            "jobstore: the CURVE secret key must be 40 characters of Z85 (jobstore keygen)"
+        )
+    token_key = _read_key(args.token_key_file, "token key")
+    auth = None
+    if token_key is not None:
+        from .auth import Authoriser
+
+        auth = Authoriser(token_key, args.identity)
+    storage = Storage(args.data_dir, map_size=args.map_size)
+    limits = Limits(lease_ms=args.lease, max_attempts=args.max_attempts)
+    config = ServerConfig(
+        request_endpoint=args.request_endpoint,
+        observe_endpoint=args.observe_endpoint,
+        notify_endpoint=args.notify_endpoint,
+        secret_key=secret_key,
+    )
+    server = Server(Service(storage, auth, limits), config)
+    server.install_signal_handlers()
+    log.info(
+        "jobstore %s serving data in %s as %r",
+        __version__,
+        Path(args.data_dir).resolve(),
+        args.identity,
+    )
+    for line in describe(server, auth is not None):
+        log.info("%s", line)
+    server.serve()
+    log.info("stopped")
+    return 0
+
+
+def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
+    p.add_argument("dsid", help="datasource (job queue) id")
+    p.add_argument(
+        "--endpoint",
+        default=_env("ENDPOINT", "tcp://127.0.0.1:5555"),
+        help="store request endpoint (JOBSTORE_ENDPOINT)",
+    )
+    p.add_argument("--token", default=_env("TOKEN"), help="macaroon (JOBSTORE_TOKEN)")
+    p.add_argument("--server-key", default=_env("SERVER_KEY"), help="store's CURVE public key, Z85")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply")
+    if client:
+        p.add_argument(
+            "--client",
+            default=_env("CLIENT", "cli"),
+            help="client id (JOBSTORE_CLIENT, default cli)",
+        )
+
+
+def _job_client(args: argparse.Namespace) -> JobClient:
+    return JobClient(
+        args.endpoint,
+        args.dsid,
+        args.client,
+        args.token,
+        server_key=args.server_key,
+        timeout=args.timeout,
+    )
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=repr))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        request = json.loads(args.request)
+    except json.JSONDecodeError:
+        request = args.request  # plain text is a fine request too
+    with _job_client(args) as jc:
+        _print(jc.submit(request, job=args.job))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _job_client(args) as jc:
+        _print(jc.status(args.job))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _job_client(args) as jc:
+        _print(jc.cancel(args.job))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _job_client(args) as jc:
+        _print(list(jc.jobs(since=args.since)))
+    return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    handler = _command_handler(args.exec) if args.exec else _callable(args.call)
+    with Driver(
+        args.endpoint, args.dsid, args.token, server_key=args.server_key, timeout=args.timeout
+    ) as driver:
+        log.info("working on %s at %s", args.dsid, args.endpoint)
+        done = driver.run(handler, lease=args.lease, max_jobs=args.max_jobs)
+    log.info("ran %d job(s)", done)
+    return 0
+
+
+def _command_handler(command: str) -> Callable[[JobContext], Any]:
+    def run(ctx: JobContext) -> Any:
+        env = {**os.environ, "JOBSTORE_JOB": ctx.id}
+        proc = subprocess.run(
+            command,
+            shell=True,
+            input=json.dumps(ctx.request),
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"exit status {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        try:
+            return json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            return proc.stdout
+
+    return run
+
+
+def _callable(spec: str) -> Callable[[JobContext], Any]:
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise SystemExit(f"jobstore: --call wants module:function, got {spec!r}")
+    func: Callable[[JobContext], Any] = getattr(importlib.import_module(module), name)
+    return func
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobstore", description="A Databox store for a queue of jobs (asynchronous RPC)."
+    )
+    parser.add_argument("--version", action="version", version=f"jobstore {__version__}")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+
+    p = sub.add_parser(
+        "submit",
+        help="submit a job",
+        epilog='example: jobstore submit sensor-jobs \'{"read": "temperature"}\' --client app1',
+    )
+    _add_client_flags(p, True)
+    p.add_argument("request", help="the job's request: JSON, or plain text")
+    p.add_argument("--job", help="job id (default: a fresh GUID)")
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, text in (
+        ("status", cmd_status, "show a job"),
+        ("cancel", cmd_cancel, "cancel a job"),
+    ):
+        p = sub.add_parser(
+            name, help=text, epilog=f"example: jobstore {name} sensor-jobs JOB_ID --client app1"
+        )
+        _add_client_flags(p, True)
+        p.add_argument("job", help="job id")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser(
+        "jobs",
+        help="list a client's jobs",
+        epilog="example: jobstore jobs sensor-jobs --client app1",
+    )
+    _add_client_flags(p, True)
+    p.add_argument("--since", type=int, default=0, help="only jobs changed after this seq")
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser(
+        "work",
+        help="run a driver that executes jobs",
+        epilog="examples: jobstore work sensor-jobs --exec 'python3 -c \"import sys; print(sys.stdin.read())\"'\n"
+        "          jobstore work sensor-jobs --call mypackage.jobs:handle",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_client_flags(p, False)
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--exec",
+        help="shell command per job: request JSON on stdin, stdout (JSON or text) is the response",
+    )
+    how.add_argument("--call", help="Python callable module:function taking a JobContext")
+    p.add_argument(
+        "--lease", type=int, default=30_000, help="lease in ms, renewed while a job runs"
+    )
+    p.add_argument("--max-jobs", type=int, help="stop after this many jobs")
+    p.set_defaults(func=cmd_work)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except RequestFailed as exc:
+        print(f"jobstore: the store answered {exc.status}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except ClientError as exc:
+        print(f"jobstore: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except JobstoreError as exc:
+        print(f"jobstore: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,421 @@
+"""Python libraries over the native protocol: :class:`JobClient` for apps, :class:`Driver` for servers.
+
+Every call returns at once with the store's answer (or raises
+:class:`~jobstore.errors.RequestFailed` / :class:`~jobstore.errors.Timeout`);
+work happens asynchronously in the driver.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from .errors import ClientError, RequestFailed, Timeout
+from .notify import open_sealed
+from .protocol import cbor
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]
+
+
+def notify_endpoint_for(endpoint: str) -> str:
+    """The default notify endpoint beside a request endpoint: the tcp port two above it."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp" or parts.port is None:
+        raise ClientError(
+            f"cannot guess the notify endpoint for {endpoint}: pass notify_endpoint explicitly"
+        )
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "*"):
+        host = "127.0.0.1"
+    return f"tcp://{host}:{parts.port + 2}"
+
+
+class Connection:
+    """One DEALER socket to the store's request endpoint, matching replies by id."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        server_key: bytes | str | None = None,
+        timeout: float = 5.0,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.server_key = server_key.encode() if isinstance(server_key, str) else server_key
+        self.timeout = timeout
+        self.context = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self.socket = self.new_socket(zmq.DEALER)
+        self.socket.connect(endpoint)
+
+    def new_socket(self, kind: int) -> zmq.Socket[bytes]:
+        """A socket with this connection's security settings (CURVE when a server key is set)."""
+        sock: zmq.Socket[bytes] = self.context.socket(kind)
+        sock.linger = 0
+        if self.server_key is not None:
+            public, secret = zmq.curve_keypair()
+            sock.curve_serverkey = self.server_key
+            sock.curve_publickey = public
+            sock.curve_secretkey = secret
+        return sock
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, timeout: float | None = None
+    ) -> Any:
+        """Send one request and return the reply body; raise RequestFailed on an error status."""
+        rid = next(self._ids)
+        self.socket.send(cbor.encode_request(method, path, body, token=self.token, id=rid))
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.socket.poll(int(left * 1000) + 1):
+                raise Timeout(
+                    f"no reply to {method} {path} from {self.endpoint} within {limit:g} s: "
+                    "is the store running there (and is the server key right)?"
+                )
+            reply = cbor.decode_reply(self.socket.recv())
+            if reply.id != rid:
+                continue  # the late answer to a call that already timed out
+            if reply.status >= 400:
+                raise RequestFailed(reply.status, reply.error or "(no error text)", reply.body)
+            return reply.body
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+class JobClient:
+    """An app's view of one job queue (datasource) as one client."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        dsid: str,
+        client: str,
+        token: str | None = None,
+        *,
+        server_key: bytes | str | None = None,
+        notify_endpoint: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
+        self.dsid = dsid
+        self.client = client
+        self.notify_endpoint = notify_endpoint
+
+    def __enter__(self) -> JobClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def submit(self, request: Any, job: str | None = None) -> Record:
+        """Submit a job (a fresh GUID unless ``job`` is given); returns the record at once."""
+        body = {"job": job or uuid.uuid4().hex, "client": self.client, "request": request}
+        record: Record = self.conn.call("POST", f"/{self.dsid}/job/", body)
+        return record
+
+    def status(self, job: str) -> Record:
+        """The job's current record."""
+        record: Record = self.conn.call("GET", f"/{self.dsid}/job/{self.client}/{job}")
+        return record
+
+    def cancel(self, job: str) -> Record:
+        """Cancel a job: at once when queued; as a request to the server once accepted."""
+        body = {"job": job, "client": self.client}
+        record: Record = self.conn.call("POST", f"/{self.dsid}/job/cancel", body)
+        return record
+
+    def page(self, since: int = 0, limit: int | None = None) -> tuple[list[Record], int | None]:
+        """One page of this client's jobs changed after ``since``, and the ``since`` of the next."""
+        body: dict[str, Any] = {"client": self.client, "since": since}
+        if limit is not None:
+            body["limit"] = limit
+        reply = self.conn.call("GET", f"/{self.dsid}/job/", body)
+        return reply["jobs"], reply["next"]
+
+    def jobs(self, since: int = 0) -> Iterator[Record]:
+        """Every job of this client changed after ``since``, oldest change first, across pages."""
+        cursor: int | None = since
+        while cursor is not None:
+            page, cursor = self.page(cursor)
+            yield from page
+
+    def watch(self, since: int = 0, *, idle: float = 1.0) -> Iterator[Record]:
+        """Yield every change to this client's jobs after ``since``, then live changes, forever.
+
+        Subscribes to the client's sealed topic and catches up with :meth:`jobs`
+        on start, on a gap in ``prev``, on reconnection, and whenever the topic
+        has been quiet for ``idle`` seconds but the store's seq moved on.
+        """
+        yield from _watch(
+            self.conn,
+            self._endpoint(),
+            f"/sub/{self.dsid}/job",
+            {"client": self.client},
+            self.jobs,
+            since,
+            idle,
+        )
+
+    def _endpoint(self) -> str:
+        return self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
+
+
+def _watch(
+    conn: Connection,
+    notify_endpoint: str,
+    sub_path: str,
+    sub_body: dict[str, Any],
+    catch_up: Callable[[int], Iterator[Record]],
+    since: int,
+    idle: float,
+) -> Iterator[Record]:
+    info = conn.call("POST", sub_path, sub_body)
+    sub = conn.new_socket(zmq.SUB)
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, info["topic"].encode())
+        sub.connect(notify_endpoint)
+        poller = zmq.Poller()
+        poller.register(sub, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        last = since
+        stale = True  # catch up before trusting the live stream
+        while True:
+            if stale:
+                for record in catch_up(last):
+                    if record["seq"] > last:
+                        last = record["seq"]
+                        yield record
+                stale = False
+            events = dict(poller.poll(int(idle * 1000)))
+            if monitor in events:
+                monitor.recv_multipart()
+                stale = True
+            if sub in events:
+                _topic, sealed = sub.recv_multipart()
+                msg = open_sealed(info["key"], sealed)
+                record = msg["record"]
+                if record["seq"] <= last:
+                    continue
+                if msg["prev"] != last:
+                    stale = True
+                    continue
+                last = record["seq"]
+                yield record
+            elif not events:
+                stale = conn.call("POST", sub_path, sub_body)["seq"] != last
+    finally:
+        sub.disable_monitor()
+        monitor.close()
+        sub.close()
+
+
+class JobContext:
+    """What a :meth:`Driver.run` handler sees of the job it is running."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self._progress: Any = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return str(self.record["job"])
+
+    @property
+    def request(self) -> Any:
+        return self.record["request"]
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the client asked to cancel; the handler decides (raise JobCancelled to stop)."""
+        return self._cancel.is_set()
+
+    def progress(self, value: Any) -> None:
+        """Report progress; it is sent with the next lease renewal (at once if none is due)."""
+        with self._lock:
+            self._progress = value
+
+
+class JobCancelled(Exception):
+    """Raise from a handler to report the job ``cancelled``."""
+
+
+class RetryJob(Exception):
+    """Raise from a handler to hand the job back for another attempt (``retrying``)."""
+
+
+class ForbidJob(Exception):
+    """Raise from a handler to report the job ``forbidden``."""
+
+
+class Driver:
+    """A server (driver) taking and running jobs of one datasource."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        dsid: str,
+        token: str | None = None,
+        *,
+        server_key: bytes | str | None = None,
+        notify_endpoint: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
+        self.dsid = dsid
+        self.notify_endpoint = notify_endpoint
+        self._base = f"/server/{dsid}/job"
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def take(self, max: int = 1, *, lease: int | None = None, wait: int = 0) -> list[Record]:
+        """Take up to ``max`` queued jobs (now accepted), waiting up to ``wait`` ms for one."""
+        body: dict[str, Any] = {"max": max, "wait": wait}
+        if lease is not None:
+            body["lease"] = lease
+        timeout = self.conn.timeout + wait / 1000
+        jobs: list[Record] = self.conn.call("POST", f"{self._base}/take", body, timeout=timeout)[
+            "jobs"
+        ]
+        return jobs
+
+    def accept(self, job: str, *, lease: int | None = None) -> Record:
+        """Accept one named job."""
+        body: dict[str, Any] = {"job": job}
+        if lease is not None:
+            body["lease"] = lease
+        record: Record = self.conn.call("POST", f"{self._base}/accept", body)
+        return record
+
+    def report(self, job: str, status: str, **fields: Any) -> Record:
+        """Report a status (with ``response``, ``progress`` or ``lease``) for a job."""
+        body = {"job": job, "status": status}
+        body.update((k, v) for k, v in fields.items() if v is not None)
+        record: Record = self.conn.call("POST", f"{self._base}/status", body)
+        return record
+
+    def progress(self, job: str, progress: Any, *, lease: int | None = None) -> Record:
+        """Report progress and renew the lease."""
+        return self.report(job, "accepted", progress=progress, lease=lease)
+
+    def complete(self, job: str, response: Any = None) -> Record:
+        return self.report(job, "complete", response=response)
+
+    def fail(self, job: str, response: Any = None) -> Record:
+        return self.report(job, "failed", response=response)
+
+    def retry(self, job: str, response: Any = None) -> Record:
+        return self.report(job, "retrying", response=response)
+
+    def forbid(self, job: str, response: Any = None) -> Record:
+        return self.report(job, "forbidden", response=response)
+
+    def cancelled(self, job: str, response: Any = None) -> Record:
+        return self.report(job, "cancelled", response=response)
+
+    def jobs(self, since: int = 0, **filters: Any) -> Iterator[Record]:
+        """Every job of the datasource changed after ``since`` (filters: status, client)."""
+        cursor: int | None = since
+        while cursor is not None:
+            reply = self.conn.call("GET", f"{self._base}/", {"since": cursor, **filters})
+            yield from reply["jobs"]
+            cursor = reply["next"]
+
+    def watch(self, since: int = 0, *, idle: float = 1.0) -> Iterator[Record]:
+        """Yield every change in the datasource after ``since``, then live changes (see JobClient.watch)."""
+        endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
+        yield from _watch(self.conn, endpoint, f"/sub{self._base}", {}, self.jobs, since, idle)
+
+    def run(
+        self,
+        handler: Callable[[JobContext], Any],
+        *,
+        lease: int = 30_000,
+        wait: int = 1000,
+        max_jobs: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        """Take jobs one at a time and run ``handler`` on each until ``stop`` is set.
+
+        The handler's return value completes the job; an exception fails it with
+        the error text in ``response`` (JobCancelled, RetryJob and ForbidJob
+        report those outcomes). The lease is renewed while the handler runs, and
+        ``ctx.cancel_requested`` turns true when the client cancels. Returns the
+        number of jobs run.
+        """
+        stop = stop or threading.Event()
+        done = 0
+        while not stop.is_set() and (max_jobs is None or done < max_jobs):
+            for record in self.take(1, lease=lease, wait=wait):
+                self._run_one(handler, JobContext(record), lease)
+                done += 1
+        return done
+
+    def _run_one(self, handler: Callable[[JobContext], Any], ctx: JobContext, lease: int) -> None:
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["response"] = handler(ctx)
+                outcome["status"] = "complete"
+            except JobCancelled as exc:
+                outcome.update(status="cancelled", response=_error_text(exc) if str(exc) else None)
+            except RetryJob as exc:
+                outcome.update(status="retrying", response=_error_text(exc) if str(exc) else None)
+            except ForbidJob as exc:
+                outcome.update(status="forbidden", response={"error": _error_text(exc)})
+            except Exception as exc:
+                log.exception("job %s failed", ctx.id)
+                outcome.update(status="failed", response={"error": _error_text(exc)})
+
+        thread = threading.Thread(target=work, name=f"job-{ctx.id}", daemon=True)
+        thread.start()
+        renew_every = max(lease / 3000, 0.05)
+        next_renew = time.monotonic() + renew_every
+        try:
+            while thread.is_alive():
+                thread.join(0.05)
+                with ctx._lock:
+                    progress, ctx._progress = ctx._progress, None
+                if progress is not None or time.monotonic() >= next_renew:
+                    record = self.report(ctx.id, "accepted", progress=progress, lease=lease)
+                    if record.get("cancel_requested"):
+                        ctx._cancel.set()
+                    next_renew = time.monotonic() + renew_every
+            self.report(ctx.id, outcome["status"], response=outcome.get("response"))
+        except RequestFailed as exc:
+            if exc.status != 409:
+                raise
+            log.warning("job %s changed under the driver and was not reported: %s", ctx.id, exc)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,100 @@
+"""The native codec: one CBOR map per request frame and per reply frame (contract section 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cbor2
+
+from ..errors import ProtocolError
+from . import METHODS, Reply, Request
+
+REQUEST_KEYS = frozenset({"method", "path", "token", "body", "id"})
+
+
+def is_native(frame: bytes) -> bool:
+    """True when the first byte announces a CBOR map (major type 5)."""
+    return bool(frame) and 0xA0 <= frame[0] <= 0xBF
+
+
+def decode_request(frame: bytes) -> Request:
+    """Decode one request frame, or raise ProtocolError saying what is wrong with it."""
+    try:
+        msg = cbor2.loads(frame)
+    except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
+        raise ProtocolError(f"request frame is not valid CBOR: {exc}") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"request frame must be a CBOR map, got {type(msg).__name__}")
+    rid = msg.get("id")
+    if rid is not None and not (isinstance(rid, str) or (isinstance(rid, int) and rid >= 0)):
+        raise ProtocolError(f"request id must be an unsigned integer or text, got {rid!r:.60}")
+    try:
+        return _fields(msg, rid)
+    except ProtocolError as exc:
+        exc.id = rid
+        raise
+
+
+def _fields(msg: dict[Any, Any], rid: int | str | None) -> Request:
+    unknown = [k for k in msg if k not in REQUEST_KEYS]
+    if unknown:
+        raise ProtocolError(
+            f"request has unknown key {unknown[0]!r:.60}; allowed keys are method, path, token, body, id"
+        )
+    method = msg.get("method")
+    if method not in METHODS:
+        raise ProtocolError(f"request method must be one of GET, POST, DELETE, got {method!r:.60}")
+    path = msg.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ProtocolError(f"request path must be text starting with '/', got {path!r:.60}")
+    token = msg.get("token")
+    if isinstance(token, bytes):
+        try:
+            token = token.decode("ascii")
+        except UnicodeDecodeError:
+            raise ProtocolError("request token bytes must be an ASCII macaroon") from None
+    elif token is not None and not isinstance(token, str):
+        raise ProtocolError(f"request token must be text or bytes, got {type(token).__name__}")
+    return Request(method, path, token or None, msg.get("body"), rid)
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """Encode a reply map: status, and body, error and id when present."""
+    out: dict[str, Any] = {"status": reply.status}
+    if reply.body is not None:
+        out["body"] = reply.body
+    if reply.error is not None:
+        out["error"] = reply.error
+    if reply.id is not None:
+        out["id"] = reply.id
+    return cbor2.dumps(out)
+
+
+def encode_request(
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    id: int | str | None = None,
+) -> bytes:
+    """Encode a request map (used by the client libraries)."""
+    out: dict[str, Any] = {"method": method, "path": path}
+    if body is not None:
+        out["body"] = body
+    if token is not None:
+        out["token"] = token
+    if id is not None:
+        out["id"] = id
+    return cbor2.dumps(out)
+
+
+def decode_reply(frame: bytes) -> Reply:
+    """Decode a reply map, or raise ProtocolError when it is not one."""
+    try:
+        msg = cbor2.loads(frame)
+    except Exception as exc:
+        raise ProtocolError(f"reply frame is not valid CBOR: {exc}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("status"), int):
+        raise ProtocolError("reply frame must be a CBOR map with an integer status")
+    return Reply(msg["status"], msg.get("body"), msg.get("error"), msg.get("id"))

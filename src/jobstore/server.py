@@ -1,0 +1,316 @@
+"""The ZeroMQ adapter: request ROUTER, observe ROUTER, notify PUB around a :class:`Service`.
+
+The loop only does recv -> decode -> handle (one batch, one commit) -> encode ->
+send -> publish. Everything it publishes was committed first.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import zmq
+
+from .errors import JobstoreError, ProtocolError, TooLarge
+from .notify import Change, Sealer
+from .protocol import Reply, Request, cbor, zest
+from .records import Job
+from .service import Outcome, Service, Wait
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REQUEST = "tcp://0.0.0.0:5555"
+DEFAULT_OBSERVE = "tcp://0.0.0.0:5556"
+DEFAULT_NOTIFY = "tcp://0.0.0.0:5557"
+ZEST_CODES = frozenset({0x01, 0x02, 0x04})
+TICK_MS = 200  # longest sleep, so a signal or stop() is noticed promptly
+
+
+@dataclass
+class ServerConfig:
+    """Where to listen and how; see ``jobstore serve --help``."""
+
+    request_endpoint: str = DEFAULT_REQUEST
+    observe_endpoint: str = DEFAULT_OBSERVE
+    notify_endpoint: str = DEFAULT_NOTIFY
+    secret_key: bytes | None = None
+    max_batch: int = 512
+    max_frame: int = 1 << 20
+
+
+@dataclass
+class _Observer:
+    ident: bytes
+    dsid: str
+    client: str | None
+    expires: int | None
+
+
+@dataclass
+class _Pending:
+    """A request on its way through the batch, with the codec that must answer it."""
+
+    envelope: list[bytes]
+    request: Request
+    zest: bool
+    deadline: int | None = None  # set once a take has waited: it keeps its first deadline
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Server:
+    """Binds the three sockets and serves a :class:`Service` until :meth:`stop`."""
+
+    def __init__(self, service: Service, config: ServerConfig | None = None) -> None:
+        self.service = service
+        self.config = config or ServerConfig()
+        self.sealer = Sealer(service.storage.secret)
+        self.ctx = zmq.Context()
+        self.public_key = b""
+        self.request = self._socket(zmq.ROUTER, self.config.request_endpoint)
+        self.observe = self._socket(zmq.ROUTER, self.config.observe_endpoint)
+        self.notify = self._socket(zmq.PUB, self.config.notify_endpoint)
+        self.endpoints = {
+            name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            for name, sock in (
+                ("request", self.request),
+                ("observe", self.observe),
+                ("notify", self.notify),
+            )
+        }
+        self._stop = threading.Event()
+        self._parked: dict[str, list[_Pending]] = defaultdict(list)
+        self._woken: set[str] = set()
+        self._observers: dict[bytes, _Observer] = {}
+        self.served = 0
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+        sock: zmq.Socket[bytes] = self.ctx.socket(kind)
+        sock.linger = 1000
+        secret = self.config.secret_key
+        if secret is not None:
+            sock.curve_secretkey = secret
+            sock.curve_publickey = self.public_key = zmq.curve_public(secret)
+            sock.curve_server = True
+        sock.bind(endpoint)
+        return sock
+
+    def stop(self) -> None:
+        """Ask the loop to finish what it has received and return; safe from any thread."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def serve(self) -> None:
+        """Serve until :meth:`stop`, then answer what is pending, close sockets and storage."""
+        poller = zmq.Poller()
+        poller.register(self.request, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                timeout = self._timeout()
+                if timeout and not poller.poll(timeout):
+                    self._run_batch([], now_ms())
+                    continue
+                self._run_batch(self._receive(), now_ms())
+            self._shutdown()
+        finally:
+            for sock in (self.request, self.observe, self.notify):
+                sock.close()
+            self.ctx.term()
+
+    def _timeout(self) -> int:
+        if self._woken:
+            return 0
+        deadlines = [p.deadline or 0 for queue in self._parked.values() for p in queue]
+        deadlines += [o.expires for o in self._observers.values() if o.expires is not None]
+        if self.service.next_lease is not None:
+            deadlines.append(self.service.next_lease)
+        if not deadlines:
+            return TICK_MS
+        return max(0, min(TICK_MS, min(deadlines) - now_ms()))
+
+    def _receive(self) -> list[_Pending]:
+        pending = []
+        for _ in range(self.config.max_batch):
+            try:
+                msg = self.request.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            item = self._decode(msg)
+            if item is not None:
+                pending.append(item)
+        return pending
+
+    def _decode(self, msg: list[bytes]) -> _Pending | None:
+        envelope, frame = msg[:-1], msg[-1]
+        self.served += 1
+        is_zest = bool(frame) and frame[0] in ZEST_CODES
+        try:
+            if len(frame) > self.config.max_frame:
+                raise TooLarge(
+                    f"request frame is {len(frame)} bytes; the limit is {self.config.max_frame}: "
+                    "send smaller request bodies"
+                )
+            if is_zest:
+                return _Pending(envelope, zest.decode_request(frame), True)
+            if cbor.is_native(frame):
+                return _Pending(envelope, cbor.decode_request(frame), False)
+            first = f"0x{frame[0]:02x}" if frame else "an empty frame"
+            raise ProtocolError(
+                f"unrecognised request frame (first byte {first}): send a CBOR map "
+                "(native protocol) or a Zest GET/POST/DELETE frame"
+            )
+        except JobstoreError as exc:
+            reply = Reply(exc.status, exc.body, exc.message, getattr(exc, "id", None))
+            if is_zest:
+                bare = Request("POST", "/", content_format=zest.FORMAT_TEXT)
+                self.request.send_multipart([*envelope, zest.encode_reply(reply, bare)])
+            else:
+                self.request.send_multipart([*envelope, cbor.encode_reply(reply)])
+            return None
+
+    def _run_batch(self, pending: list[_Pending], now: int) -> None:
+        pending = self._due_parked(now) + pending
+        if not pending and (self.service.next_lease is None or self.service.next_lease > now):
+            self._expire_observers(now)
+            return
+        expired, outcomes = self.service.handle_batch([p.request for p in pending], now)
+        self._publish(expired)
+        for item, outcome in zip(pending, outcomes, strict=True):
+            if outcome.wait is not None:
+                self._park(item, outcome.wait)
+                continue
+            assert outcome.reply is not None
+            self._reply(item, outcome)
+            self._publish(outcome.changes)
+        self._expire_observers(now)
+
+    def _due_parked(self, now: int) -> list[_Pending]:
+        """Parked takes to run again: those whose datasource gained a job, and those out of time."""
+        due: list[_Pending] = []
+        for dsid in list(self._parked):
+            woken = dsid in self._woken
+            keep = []
+            for parked in self._parked[dsid]:
+                deadline = parked.deadline or 0
+                if woken or deadline <= now:
+                    body = {**parked.request.body, "wait": max(0, deadline - now)}
+                    due.append(replace(parked, request=replace(parked.request, body=body)))
+                else:
+                    keep.append(parked)
+            if keep:
+                self._parked[dsid] = keep
+            else:
+                del self._parked[dsid]
+        self._woken.clear()
+        return due
+
+    def _park(self, item: _Pending, wait: Wait) -> None:
+        item.deadline = item.deadline or wait.deadline
+        self._parked[wait.dsid].append(item)
+
+    def _reply(self, item: _Pending, outcome: Outcome) -> None:
+        reply = outcome.reply
+        assert reply is not None
+        request = item.request
+        if outcome.observe is not None:
+            ident = str(uuid.uuid4()).encode()
+            expires = None
+            if outcome.observe.max_age:
+                expires = now_ms() + outcome.observe.max_age * 1000
+            self._observers[ident] = _Observer(
+                ident, outcome.observe.dsid, outcome.observe.client, expires
+            )
+            reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
+            request = replace(request, content_format=zest.FORMAT_TEXT)
+        frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
+        self.request.send_multipart([*item.envelope, frame])
+
+    def _publish(self, changes: Iterable[Change]) -> None:
+        for change in changes:
+            for message in self.sealer.messages(change):
+                self.notify.send_multipart(message, zmq.NOBLOCK)
+            job = change.job
+            if job.status.queued and job.dsid in self._parked:
+                self._woken.add(job.dsid)
+            if self._observers:
+                self._push(job)
+
+    def _push(self, job: Job) -> None:
+        payload = None
+        for obs in self._observers.values():
+            if obs.dsid != job.dsid or (obs.client is not None and obs.client != job.client):
+                continue
+            if payload is None:
+                payload = zest_push_payload(job)
+            self._send_observe(obs.ident, zest.encode_push(payload))
+
+    def _send_observe(self, ident: bytes, frame: bytes) -> None:
+        # An observer that has gone or is not reading misses pushes: Zest observe is best effort.
+        with contextlib.suppress(zmq.ZMQError):
+            self.observe.send_multipart([ident, frame], zmq.NOBLOCK)
+
+    def _expire_observers(self, now: int) -> None:
+        for ident, obs in list(self._observers.items()):
+            if obs.expires is not None and obs.expires <= now:
+                self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
+                del self._observers[ident]
+
+    def _shutdown(self) -> None:
+        """Answer what was received and parked, and tell Zest observers the store is going."""
+        self._run_batch(self._receive(), now_ms())
+        final = now_ms()
+        for queue in self._parked.values():
+            for parked in queue:
+                parked.deadline = final
+        self._run_batch([], final)
+        for ident in self._observers:
+            self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
+        self._observers.clear()
+        self.service.storage.close()
+
+
+def zest_push_payload(job: Job) -> bytes:
+    """The payload of a Zest observe push: ``<ms> <path> json <record as JSON>``."""
+    path = f"/{job.dsid}/job/{job.client}/{job.job}"
+    return f"{job.updated} {path} json ".encode() + json_bytes(job.wire())
+
+
+def json_bytes(value: Any) -> bytes:
+    """Compact JSON; bytes (which JSON lacks) become standard base64 text."""
+    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
+
+
+def describe(server: Server, auth_on: bool) -> list[str]:
+    """Lines telling the operator what is served and which protections are on."""
+    curve = (
+        "CURVE on" if server.config.secret_key else "CURVE OFF (development only: traffic is plain)"
+    )
+    tokens = (
+        "macaroons required"
+        if auth_on
+        else "macaroons OFF (development only: any peer may do anything)"
+    )
+    lines = [f"{name} socket on {endpoint}" for name, endpoint in server.endpoints.items()]
+    lines.append(f"protections: {curve}; {tokens}")
+    return lines

@@ -1,0 +1,516 @@
+"""The job store's operations, routed from (method, path); no sockets here.
+
+:meth:`Service.handle_batch` runs a batch of requests in one LMDB write
+transaction (one fsync for the lot), each request in a nested transaction so a
+failing one leaves nothing half-applied. It returns, per request, the reply and
+the committed changes to publish; the socket adapter sends and publishes them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import lmdb
+
+from .errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    InvalidTransition,
+    JobstoreError,
+    MethodNotAllowed,
+    NotFound,
+    StorageFull,
+)
+from .notify import Change, Sealer, client_topic, server_topic
+from .protocol import Reply, Request
+from .records import RESERVED_DSIDS, Job, check_dsid, check_name
+from .states import REPORTS, Event, Status, apply
+from .storage import Storage, Txn
+
+if TYPE_CHECKING:
+    from .auth import Authoriser
+
+log = logging.getLogger(__name__)
+
+MAX_DEPTH = 32
+SCAN_LIMIT = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A take that found nothing and may wait: retry it when ``dsid`` gains a job, until ``deadline``."""
+
+    dsid: str
+    deadline: int
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """An authorised Zest observe of one client's jobs (``client`` set) or a whole datasource."""
+
+    dsid: str
+    client: str | None
+    max_age: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request led to. ``reply`` is None only when the request waits (``wait`` set)."""
+
+    reply: Reply | None
+    changes: list[Change] = field(default_factory=list)
+    wait: Wait | None = None
+    observe: Observe | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Tunable behaviour; defaults as documented in docs/protocol.md."""
+
+    lease_ms: int = 30_000
+    max_attempts: int = 5
+    max_take: int = 100
+    max_wait_ms: int = 300_000
+    page_size: int = 100
+    max_page_size: int = 1000
+
+
+Handler = Callable[["Service", Txn, Request, int, list[str]], Outcome]
+
+
+class Service:
+    """Routes requests to job operations over a :class:`Storage`."""
+
+    def __init__(
+        self, storage: Storage, auth: Authoriser | None = None, limits: Limits | None = None
+    ) -> None:
+        self.storage = storage
+        self.auth = auth
+        self.limits = limits or Limits()
+        self.sealer = Sealer(storage.secret)
+        with storage.read() as txn:
+            self.next_lease = txn.next_lease()
+
+    def handle(self, request: Request, now: int) -> Outcome:
+        """Handle one request in its own transaction."""
+        expired, [outcome] = self.handle_batch([request], now)
+        outcome.changes[:0] = expired
+        return outcome
+
+    def handle_batch(
+        self, requests: Sequence[Request], now: int
+    ) -> tuple[list[Change], list[Outcome]]:
+        """Expire leases due by ``now``, then handle ``requests``; all in one commit.
+
+        Returns the changes made by lease expiry and one outcome per request.
+        """
+        try:
+            with self.storage.write() as txn:
+                expired = self._expire(txn, now)
+                outcomes = [self._one(txn, request, now) for request in requests]
+                self.next_lease = txn.next_lease()
+        except JobstoreError as exc:
+            return [], [Outcome(_error(r, exc)) for r in requests]
+        except lmdb.Error as exc:
+            log.exception("commit failed")
+            err = JobstoreError(f"the store could not commit this batch ({exc}); retry the request")
+            return [], [Outcome(_error(r, err)) for r in requests]
+        return expired, outcomes
+
+    def _one(self, txn: Txn, request: Request, now: int) -> Outcome:
+        try:
+            handler, params = route(request)
+            with txn.nested() as child:
+                return handler(self, child, request, now, params)
+        except JobstoreError as exc:
+            return Outcome(_error(request, exc))
+        except lmdb.MapFullError:
+            return Outcome(_error(request, StorageFull("the store's data file is full")))
+        except Exception:
+            log.exception("unexpected error handling %s %s", request.method, request.path)
+            err = JobstoreError("internal error in the store; it has been logged, please report it")
+            return Outcome(_error(request, err))
+
+    def _authorise(
+        self,
+        request: Request,
+        *,
+        client: str | None = None,
+        path: str | None = None,
+        observe: bool = False,
+    ) -> None:
+        if self.auth is not None:
+            self.auth.check(
+                request.token,
+                method="GET" if path is not None else request.method,
+                path=path or request.path,
+                client=client,
+                observe=observe or request.observe is not None,
+            )
+
+    def _change(self, txn: Txn, job: Job) -> Change:
+        prev = {}
+        for name in (client_topic(job.dsid, job.client), server_topic(job.dsid)):
+            prev[name] = txn.topic_seq(name)
+            txn.set_topic_seq(name, job.seq)
+        return Change(job, prev)
+
+    def _transition(self, txn: Txn, job: Job, event: Event, now: int, **fields: Any) -> Change:
+        try:
+            status = apply(job.status, event)
+        except InvalidTransition as exc:
+            exc.body = job.wire()
+            raise
+        if status is not Status.ACCEPTED:
+            fields["lease_until"] = 0
+        new = job.evolve(status=status, updated=now, seq=txn.next_seq(), **fields)
+        txn.put(new, job)
+        return self._change(txn, new)
+
+    def _expire(self, txn: Txn, now: int) -> list[Change]:
+        if self.next_lease is None or self.next_lease > now:
+            return []
+        changes = []
+        with txn.nested() as child:
+            for job in child.expired(now, 1000):
+                if job.attempts >= self.limits.max_attempts:
+                    response = job.response
+                    if response is None:
+                        response = {"error": f"lease ran out {job.attempts} times; giving up"}
+                    changes.append(
+                        self._transition(child, job, Event.LEASE_EXHAUSTED, now, response=response)
+                    )
+                else:
+                    changes.append(self._transition(child, job, Event.LEASE_EXPIRED, now))
+        return changes
+
+    def _owned(self, txn: Txn, dsid: str, job_id: str, client: str) -> Job:
+        job = self._get(txn, dsid, job_id)
+        if job.client != client:
+            raise Forbidden(
+                f'job "{job_id}" belongs to another client; use the client id it was submitted with'
+            )
+        return job
+
+    def _get(self, txn: Txn, dsid: str, job_id: str) -> Job:
+        job = txn.get(dsid, job_id)
+        if job is None:
+            raise NotFound(
+                f'no job "{job_id}" in datasource "{dsid}"; check the job id and datasource'
+            )
+        return job
+
+    # Client API (contract section 4)
+
+    def submit(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        body = _body(request, required=("job", "client"), optional=("request",))
+        job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
+        self._authorise(request, client=client)
+        payload = body.get("request")
+        _plain("request", payload)
+        existing = txn.get(dsid, job_id)
+        if existing is not None:
+            if existing.client != client:
+                raise Conflict(
+                    f'job id "{job_id}" already belongs to another client; use a fresh GUID per job'
+                )
+            if _canonical(existing.request) != _canonical(payload):
+                raise Conflict(
+                    f'job id "{job_id}" was already submitted with a different request; '
+                    "use a fresh GUID per job",
+                    existing.wire(),
+                )
+            return Outcome(_ok(request, existing.wire()))
+        job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, txn.next_seq())
+        txn.put(job, None)
+        return Outcome(Reply(201, job.wire(), id=request.id), [self._change(txn, job)])
+
+    def cancel(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body = _body(request, required=("job", "client"))
+        job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
+        self._authorise(request, client=client)
+        job = self._owned(txn, params[0], job_id, client)
+        if job.status.terminal or job.cancel_requested:
+            return Outcome(_ok(request, job.wire()))
+        change = self._transition(txn, job, Event.CLIENT_CANCEL, now, cancel_requested=True)
+        return Outcome(_ok(request, change.job.wire()), [change])
+
+    def query(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body = _body(request, required=("client",), optional=("job", "since", "limit"))
+        client = check_name("client", body["client"])
+        if "job" in body:
+            if "since" in body or "limit" in body:
+                raise BadRequest(
+                    "give either job (one job's status) or since/limit (a listing), not both"
+                )
+            return self._status(request, txn, params[0], client, check_name("job", body["job"]))
+        return self._list(request, txn, params[0], client, body)
+
+    def status_by_path(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        return self._status(request, txn, params[0], params[1], params[2])
+
+    def list_by_path(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid, client = params[0], params[1]
+        if request.observe is not None:
+            self._authorise(request, client=client)
+            return Outcome(_ok(request, None), observe=Observe(dsid, client, request.max_age))
+        since = {"since": _seq_segment(params[2])} if len(params) > 2 else {}
+        return self._list(request, txn, dsid, client, since)
+
+    def _status(self, request: Request, txn: Txn, dsid: str, client: str, job_id: str) -> Outcome:
+        self._authorise(request, client=client)
+        return Outcome(_ok(request, self._owned(txn, dsid, job_id, client).wire()))
+
+    def _list(
+        self, request: Request, txn: Txn, dsid: str, client: str | None, body: dict[str, Any]
+    ) -> Outcome:
+        self._authorise(request, client=client)
+        since = _int(body, "since", 0, 0, 2**63)
+        limit = _int(body, "limit", self.limits.page_size, 1, self.limits.max_page_size)
+        status = body.get("status")
+        if status is not None:
+            status = _status_name(status)
+        jobs: list[dict[str, Any]] = []
+        last, scanned = since, 0
+        for seq, job in txn.changed_since(dsid, client, since):
+            if len(jobs) == limit or scanned == SCAN_LIMIT:
+                return Outcome(_ok(request, {"jobs": jobs, "next": last}))
+            scanned, last = scanned + 1, seq
+            if status is None or job.status is status:
+                jobs.append(job.wire())
+        return Outcome(_ok(request, {"jobs": jobs, "next": None}))
+
+    def subscribe(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        body = _body(request, required=("client",))
+        client = check_name("client", body["client"])
+        self._authorise(request, client=client, path=f"/{dsid}/job/{client}", observe=True)
+        return self._subscription(request, txn, client_topic(dsid, client))
+
+    def _subscription(self, request: Request, txn: Txn, name: str) -> Outcome:
+        sealer = self.sealer
+        reply = {
+            "topic": sealer.topic(name).decode(),
+            "key": sealer.key(name),
+            "seq": txn.topic_seq(name),
+        }
+        return Outcome(_ok(request, reply))
+
+    # Server API (contract section 5)
+
+    def server_list(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        if request.observe is not None:
+            self._authorise(request)
+            return Outcome(_ok(request, None), observe=Observe(dsid, None, request.max_age))
+        body = _body(request, optional=("status", "client", "since", "limit"))
+        client = body.get("client")
+        if client is not None:
+            check_name("client", client)
+        return self._list(request, txn, dsid, client, body)
+
+    def take(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        body = _body(request, optional=("max", "lease", "wait"))
+        limits = self.limits
+        count = _int(body, "max", 1, 1, limits.max_take)
+        lease = _int(body, "lease", limits.lease_ms, 1, 2**40)
+        wait = _int(body, "wait", 0, 0, limits.max_wait_ms)
+        self._authorise(request)
+        jobs = txn.queued(dsid, count)
+        if not jobs and wait:
+            return Outcome(None, wait=Wait(dsid, now + wait))
+        changes = [
+            self._transition(
+                txn, job, Event.TAKE, now, attempts=job.attempts + 1, lease_until=now + lease
+            )
+            for job in jobs
+        ]
+        return Outcome(_ok(request, {"jobs": [c.job.wire() for c in changes]}), changes)
+
+    def accept(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body = _body(request, required=("job",), optional=("lease",))
+        job_id = check_name("job", body["job"])
+        lease = _int(body, "lease", self.limits.lease_ms, 1, 2**40)
+        self._authorise(request)
+        job = self._get(txn, params[0], job_id)
+        change = self._transition(
+            txn, job, Event.TAKE, now, attempts=job.attempts + 1, lease_until=now + lease
+        )
+        return Outcome(_ok(request, change.job.wire()), [change])
+
+    def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body = _body(
+            request, required=("job", "status"), optional=("response", "progress", "lease")
+        )
+        job_id = check_name("job", body["job"])
+        status = _status_name(body["status"])
+        lease = _int(body, "lease", self.limits.lease_ms, 1, 2**40)
+        fields: dict[str, Any] = {k: body[k] for k in ("response", "progress") if k in body}
+        for key, value in fields.items():
+            _plain(key, value)
+        self._authorise(request)
+        job = self._get(txn, params[0], job_id)
+        event = REPORTS.get(status)
+        if event is None:
+            raise Conflict(
+                f"a server cannot set status {status.value!r}; report one of " + _names(REPORTS),
+                job.wire(),
+            )
+        if status is Status.ACCEPTED:
+            fields["lease_until"] = now + lease
+        change = self._transition(txn, job, event, now, **fields)
+        return Outcome(_ok(request, change.job.wire()), [change])
+
+    def subscribe_server(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        _body(request)
+        self._authorise(request, path=f"/server/{dsid}/job", observe=True)
+        return self._subscription(request, txn, server_topic(dsid))
+
+
+def _names(statuses: Any) -> str:
+    return ", ".join(s.value for s in statuses)
+
+
+# (path shape, method) -> handler. In a shape, "D" is a datasource id, "N" a name,
+# "#" a seq number, and anything else a literal segment.
+ROUTES: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
+    (("sub", "server", "D", "job"), {"POST": Service.subscribe_server}),
+    (("sub", "D", "job"), {"POST": Service.subscribe}),
+    (("server", "D", "job"), {"GET": Service.server_list}),
+    (("server", "D", "job", "take"), {"POST": Service.take}),
+    (("server", "D", "job", "accept"), {"POST": Service.accept}),
+    (("server", "D", "job", "status"), {"POST": Service.report}),
+    (("D", "job"), {"POST": Service.submit, "GET": Service.query}),
+    (("D", "job", "cancel"), {"POST": Service.cancel}),
+    (("D", "job", "N"), {"GET": Service.list_by_path}),
+    (("D", "job", "N", "N"), {"GET": Service.status_by_path}),
+    (("D", "job", "N", "since", "#"), {"GET": Service.list_by_path}),
+]
+
+
+def route(request: Request) -> tuple[Handler, list[str]]:
+    """Find the handler and the path parameters of a request, or raise NotFound/MethodNotAllowed."""
+    path = request.path
+    segments = path[1:-1].split("/") if path.endswith("/") else path[1:].split("/")
+    allowed: list[str] = []
+    for shape, methods in ROUTES:
+        params = _match(shape, segments)
+        if params is None:
+            continue
+        handler = methods.get(request.method)
+        if handler is not None:
+            return handler, params
+        allowed.extend(methods)
+    if allowed:
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed on {path}; use {' or '.join(allowed)}"
+        )
+    raise NotFound(
+        f"no such path {path[:200]!r}; see docs/protocol.md for the paths this store serves"
+    )
+
+
+def _match(shape: tuple[str, ...], segments: list[str]) -> list[str] | None:
+    if len(shape) != len(segments):
+        return None
+    pairs = list(zip(shape, segments, strict=True))
+    if any(want not in "DN#" and want != got for want, got in pairs):
+        return None
+    if any(want == "D" and got in RESERVED_DSIDS for want, got in pairs):
+        return None
+    checks: dict[str, Callable[[str], str]] = {
+        "D": check_dsid,
+        "N": lambda got: check_name("path segment", got),
+        "#": str,
+    }
+    return [checks[want](got) for want, got in pairs if want in checks]
+
+
+def _error(request: Request, exc: JobstoreError) -> Reply:
+    return Reply(exc.status, exc.body, exc.message, request.id)
+
+
+def _ok(request: Request, body: Any) -> Reply:
+    return Reply(200, body, id=request.id)
+
+
+def _body(
+    request: Request, required: Sequence[str] = (), optional: Sequence[str] = ()
+) -> dict[str, Any]:
+    body = request.body
+    allowed = (*required, *optional)
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise BadRequest(
+            f"body must be a map with keys {', '.join(allowed) or '(none)'}, got {type(body).__name__}"
+        )
+    for key in required:
+        if key not in body:
+            raise BadRequest(
+                f"body is missing {key!r}; {request.method} {request.path} needs {', '.join(required)}"
+            )
+    for key in body:
+        if key not in allowed:
+            raise BadRequest(
+                f"body has unknown key {key!r:.60}; allowed keys are {', '.join(allowed) or '(none)'}"
+            )
+    return body
+
+
+def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise BadRequest(f"{key} must be an integer from {low} to {high}, got {value!r:.60}")
+    return value
+
+
+def _seq_segment(text: str) -> int:
+    if not text.isdigit() or len(text) > 19:
+        raise BadRequest(f"since must be a decimal seq number in the path, got {text[:60]!r}")
+    return int(text)
+
+
+def _status_name(value: Any) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        raise BadRequest(f"status must be one of {_names(Status)}, got {value!r:.60}") from None
+
+
+def _plain(name: str, value: Any, depth: int = 0) -> None:
+    """Reject values that are not plain data (so every codec, JSON included, can carry them)."""
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{name} is nested deeper than {MAX_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return
+    if isinstance(value, list):
+        for item in value:
+            _plain(name, item, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise BadRequest(
+                    f"{name} has a map key that is not text ({key!r:.40}); use text keys"
+                )
+            _plain(name, item, depth + 1)
+        return
+    raise BadRequest(
+        f"{name} holds a {type(value).__name__}; only maps, arrays, text, bytes, numbers, "
+        "booleans and null are stored"
+    )
+
+
+def _canonical(value: Any) -> bytes:
+    return cbor2.dumps(value, canonical=True)

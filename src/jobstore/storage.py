@@ -1,0 +1,215 @@
+"""LMDB persistence: job records, their indexes and the store-wide change sequence.
+
+Layout (names never contain NUL, so NUL separates key parts; seq and times are
+8-byte big-endian so keys sort numerically):
+
+=========  ==============================  =====================================
+database   key                             value
+=========  ==============================  =====================================
+jobs       dsid NUL job                    record (:func:`jobstore.records.dump`)
+queue      dsid NUL seq                    job id of a submitted/retrying job
+clients    dsid NUL client NUL seq         job id, one entry per job at its last change
+changes    dsid NUL seq                    job id, one entry per job at its last change
+leases     lease_until dsid NUL job        empty: accepted jobs by lease deadline
+meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic
+=========  ==============================  =====================================
+
+The index entries of a record are a function of the record alone
+(:func:`index_keys`), so :meth:`Txn.put` replaces exactly the old record's
+entries with the new one's.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+
+from . import records
+from .errors import StorageFull
+from .records import Job
+
+SEQ_KEY = b"seq"
+SECRET_KEY = b"secret"
+DEFAULT_MAP_SIZE = 1 << 31
+_U64 = 8
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(_U64, "big")
+
+
+def _name(*parts: str) -> bytes:
+    return "\0".join(parts).encode() + b"\0"
+
+
+def index_keys(job: Job) -> dict[str, bytes]:
+    """The index entries (database name -> key) a record owns."""
+    keys = {
+        "clients": _name(job.dsid, job.client) + u64(job.seq),
+        "changes": _name(job.dsid) + u64(job.seq),
+    }
+    if job.status.queued:
+        keys["queue"] = _name(job.dsid) + u64(job.seq)
+    if job.lease_until:
+        keys["leases"] = u64(job.lease_until) + _name(job.dsid, job.job)
+    return keys
+
+
+class Storage:
+    """The LMDB environment of one data directory."""
+
+    def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
+        self.path = Path(path)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path), map_size=map_size, max_dbs=8, sync=True, metasync=True, lock=True
+        )
+        self.dbs = {
+            name: self.env.open_db(name.encode())
+            for name in ("jobs", "queue", "clients", "changes", "leases", "meta")
+        }
+        with self.write() as txn:
+            if txn.meta(SECRET_KEY) is None:
+                txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
+            self.secret = bytes(txn.meta(SECRET_KEY) or b"")
+
+    def close(self) -> None:
+        self.env.close()
+
+    @contextmanager
+    def write(self) -> Iterator[Txn]:
+        """One write transaction, committed (and fsynced) when the block ends without error."""
+        try:
+            with self.env.begin(write=True) as txn:
+                yield Txn(self, txn)
+        except lmdb.MapFullError:
+            raise StorageFull(
+                "the store's data file is full: purge old jobs or restart with a larger --map-size"
+            ) from None
+
+    @contextmanager
+    def read(self) -> Iterator[Txn]:
+        with self.env.begin() as txn:
+            yield Txn(self, txn)
+
+
+class Txn:
+    """Typed access to the databases inside one LMDB transaction."""
+
+    def __init__(self, storage: Storage, txn: lmdb.Transaction) -> None:
+        self.storage = storage
+        self.txn = txn
+        self.db = storage.dbs
+
+    @contextmanager
+    def nested(self) -> Iterator[Txn]:
+        """A child transaction: its writes land in this one only if the block succeeds."""
+        child = self.storage.env.begin(write=True, parent=self.txn)
+        try:
+            yield Txn(self.storage, child)
+        except BaseException:
+            child.abort()
+            raise
+        child.commit()
+
+    def meta(self, key: bytes) -> bytes | None:
+        value = self.txn.get(key, db=self.db["meta"])
+        return None if value is None else bytes(value)
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        self._put(key, value, "meta")
+
+    def seq(self) -> int:
+        """The last change number used in this store (0 when none)."""
+        raw = self.meta(SEQ_KEY)
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def next_seq(self) -> int:
+        seq = self.seq() + 1
+        self.set_meta(SEQ_KEY, u64(seq))
+        return seq
+
+    def topic_seq(self, topic: str) -> int:
+        raw = self.meta(b"t:" + topic.encode())
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def set_topic_seq(self, topic: str, seq: int) -> None:
+        self.set_meta(b"t:" + topic.encode(), u64(seq))
+
+    def get(self, dsid: str, job: str) -> Job | None:
+        raw = self.txn.get(_name(dsid, job), db=self.db["jobs"])
+        return None if raw is None else records.load(bytes(raw))
+
+    def put(self, new: Job, old: Job | None) -> None:
+        """Store ``new`` (replacing ``old``, the record as read) and move its index entries."""
+        old_keys = index_keys(old) if old is not None else {}
+        new_keys = index_keys(new)
+        for db, key in old_keys.items():
+            if new_keys.get(db) != key:
+                self.txn.delete(key, db=self.db[db])
+        value = new.job.encode()
+        for db, key in new_keys.items():
+            if old_keys.get(db) != key:
+                self._put(key, b"" if db == "leases" else value, db)
+        self._put(_name(new.dsid, new.job), records.dump(new), "jobs")
+
+    def _put(self, key: bytes, value: bytes, db: str) -> None:
+        self.txn.put(key, value, db=self.db[db])
+
+    def _scan(self, db: str, prefix: bytes, after: int = 0) -> Iterator[tuple[int, str]]:
+        """(seq, job id) of the entries under ``prefix`` with seq > ``after``, in seq order."""
+        cursor = self.txn.cursor(db=self.db[db])
+        if not cursor.set_range(prefix + u64(after + 1)):
+            return
+        for key, value in cursor:
+            if not bytes(key).startswith(prefix):
+                return
+            yield int.from_bytes(key[len(prefix) :], "big"), bytes(value).decode()
+
+    def queued(self, dsid: str, limit: int) -> list[Job]:
+        """Up to ``limit`` submitted/retrying jobs, oldest queued first."""
+        out: list[Job] = []
+        for _seq, job in self._scan("queue", _name(dsid)):
+            if len(out) == limit:
+                break
+            out.append(self._must_get(dsid, job))
+        return out
+
+    def has_queued(self, dsid: str) -> bool:
+        return next(self._scan("queue", _name(dsid)), None) is not None
+
+    def changed_since(self, dsid: str, client: str | None, since: int) -> Iterator[tuple[int, Job]]:
+        """(seq, record) of a datasource's (or one client's) jobs changed after ``since``."""
+        prefix = _name(dsid) if client is None else _name(dsid, client)
+        for seq, job in self._scan("changes" if client is None else "clients", prefix, since):
+            yield seq, self._must_get(dsid, job)
+
+    def expired(self, now: int, limit: int) -> list[Job]:
+        """Accepted jobs whose lease ran out at or before ``now``."""
+        out: list[Job] = []
+        cursor = self.txn.cursor(db=self.db["leases"])
+        if cursor.first():
+            for key in cursor.iternext(values=False):
+                if len(out) == limit or int.from_bytes(key[:_U64], "big") > now:
+                    break
+                dsid, job, _ = bytes(key[_U64:]).decode().split("\0")
+                out.append(self._must_get(dsid, job))
+        return out
+
+    def next_lease(self) -> int | None:
+        """The earliest lease deadline, or None when no job is accepted."""
+        cursor = self.txn.cursor(db=self.db["leases"])
+        if not cursor.first():
+            return None
+        return int.from_bytes(cursor.key()[:_U64], "big")
+
+    def _must_get(self, dsid: str, job: str) -> Job:
+        record = self.get(dsid, job)
+        if record is None:
+            raise RuntimeError(f"index points at missing job {dsid}/{job}: run jobstore check")
+        return record

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real store on ipc:// endpoints in tmp_path, started and stopped per test."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from jobstore.client import Driver, JobClient
+from jobstore.server import Server, ServerConfig
+from jobstore.service import Limits, Service
+from jobstore.storage import Storage
+
+TIMEOUT_MS = 5000
+
+
+@dataclass
+class RunningStore:
+    server: Server
+    thread: threading.Thread
+    data_dir: Path
+    config: ServerConfig
+
+    @property
+    def endpoint(self) -> str:
+        return self.config.request_endpoint
+
+    def client(self, client: str = "app1", dsid: str = "ds", **kw: Any) -> JobClient:
+        return JobClient(
+            self.endpoint, dsid, client, notify_endpoint=self.config.notify_endpoint, **kw
+        )
+
+    def driver(self, dsid: str = "ds", **kw: Any) -> Driver:
+        return Driver(self.endpoint, dsid, notify_endpoint=self.config.notify_endpoint, **kw)
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the store did not stop within 10 s"
+
+
+StoreFactory = Callable[..., RunningStore]
+
+
+@pytest.fixture
+def start_store(tmp_path: Path) -> Iterator[StoreFactory]:
+    """Start stores (same data dir unless told) on ipc endpoints; all are stopped at teardown."""
+    running: list[RunningStore] = []
+
+    def start(
+        limits: Limits | None = None, data_dir: Path | None = None, auth: Any = None, **config: Any
+    ) -> RunningStore:
+        data = data_dir or tmp_path / "data"
+        sockets = tmp_path / f"s{len(running)}"
+        sockets.mkdir()
+        cfg = ServerConfig(
+            request_endpoint=f"ipc://{sockets}/req",
+            observe_endpoint=f"ipc://{sockets}/obs",
+            notify_endpoint=f"ipc://{sockets}/not",
+            **config,
+        )
+        server = Server(Service(Storage(data), auth, limits), cfg)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        store = RunningStore(server, thread, data, cfg)
+        running.append(store)
+        return store
+
+    yield start
+    for store in running:
+        if store.thread.is_alive():
+            store.stop()
+
+
+@pytest.fixture
+def store(start_store: StoreFactory) -> RunningStore:
+    return start_store()
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context[Any]]:
+    context: zmq.Context[Any] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def recv(sock: zmq.Socket[Any], timeout_ms: int = TIMEOUT_MS) -> list[bytes]:
+    """Receive one multipart message or fail the test."""
+    assert sock.poll(timeout_ms), f"no message within {timeout_ms} ms"
+    frames: list[bytes] = sock.recv_multipart()
+    return frames
