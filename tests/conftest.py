@@ -28,15 +28,17 @@ class RunningStore:
 
     @property
     def endpoint(self) -> str:
-        return self.config.request_endpoint
+        return self.server.endpoints["request"]
+
+    @property
+    def notify_endpoint(self) -> str:
+        return self.server.endpoints["notify"]
 
     def client(self, client: str = "app1", dsid: str = "ds", **kw: Any) -> JobClient:
-        return JobClient(
-            self.endpoint, dsid, client, notify_endpoint=self.config.notify_endpoint, **kw
-        )
+        return JobClient(self.endpoint, dsid, client, notify_endpoint=self.notify_endpoint, **kw)
 
     def driver(self, dsid: str = "ds", **kw: Any) -> Driver:
-        return Driver(self.endpoint, dsid, notify_endpoint=self.config.notify_endpoint, **kw)
+        return Driver(self.endpoint, dsid, notify_endpoint=self.notify_endpoint, **kw)
 
     def stop(self) -> None:
         self.server.stop()
@@ -58,12 +60,12 @@ def start_store(tmp_path: Path) -> Iterator[StoreFactory]:
         data = data_dir or tmp_path / "data"
         sockets = tmp_path / f"s{len(running)}"
         sockets.mkdir()
-        cfg = ServerConfig(
-            request_endpoint=f"ipc://{sockets}/req",
-            observe_endpoint=f"ipc://{sockets}/obs",
-            notify_endpoint=f"ipc://{sockets}/not",
-            **config,
-        )
+        endpoints = {
+            "request_endpoint": f"ipc://{sockets}/req",
+            "observe_endpoint": f"ipc://{sockets}/obs",
+            "notify_endpoint": f"ipc://{sockets}/not",
+        }
+        cfg = ServerConfig(**{**endpoints, **config})
         server = Server(Service(Storage(data), auth, limits), cfg)
         thread = threading.Thread(target=server.serve, daemon=True)
         thread.start()

@@ -55,8 +55,12 @@ def test_wildcard_path_and_target_grant_the_request() -> None:
     auth().check(mint(SECRET, ["path = /sensor-jobs/*", "target = *"]), method="GET", path=PATH)
 
 
-def test_wildcard_stands_for_at_least_one_character_as_in_zestdb() -> None:
-    assert "does not match" in refusal(mint(SECRET, ["path = /sensor-jobs/job/app1*"]))
+def test_wildcard_prefix_may_equal_the_whole_caveat_as_the_contract_says() -> None:
+    auth().check(mint(SECRET, ["path = /sensor-jobs/job/app1*"]), method="GET", path=PATH)
+
+
+def test_wildcard_prefix_must_still_be_a_prefix() -> None:
+    assert "does not match" in refusal(mint(SECRET, ["path = /sensor-jobs/job/app2*"]))
 
 
 def test_token_without_caveats_grants_everything() -> None:

@@ -143,8 +143,9 @@ def _matches(caveat: str, required: tuple[str, ...]) -> bool:
     if not caveat.endswith("*"):
         return False
     prefix = caveat[:-1]
-    # zestdb's has_prefix: the ``*`` stands for at least one character.
-    return any(len(r) > len(prefix) and r.startswith(prefix) for r in required)
+    # Contract section 8: the part before ``*`` is a prefix of a required caveat. zestdb's
+    # has_prefix wants at least one more character; the contract (which wins) does not.
+    return any(r.startswith(prefix) for r in required)
 
 
 def _verify(key: bytes, token: str) -> tuple[str, ...]:

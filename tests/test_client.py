@@ -1,0 +1,216 @@
+"""JobClient and Driver against a real store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from jobstore.client import ForbidJob, JobCancelled, JobClient, JobContext, RetryJob
+from jobstore.errors import RequestFailed, Timeout
+
+from .conftest import RunningStore
+
+
+def run_driver_in_thread(
+    store: RunningStore, handler: Any, **kw: Any
+) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    driver = store.driver()
+
+    def work() -> None:
+        with driver:
+            driver.run(handler, wait=50, stop=stop, **kw)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread, stop
+
+
+def wait_for(client: JobClient, job: str, *statuses: str) -> dict[str, Any]:
+    for record in client.watch():
+        if record["job"] == job and record["status"] in statuses:
+            return record
+    raise AssertionError("watch ended")
+
+
+def test_submit_status_and_cancel(store: RunningStore) -> None:
+    with store.client() as app:
+        record = app.submit({"n": 1})
+        assert record["status"] == "submitted" and len(record["job"]) == 32
+        assert app.status(record["job"]) == record
+        assert app.cancel(record["job"])["status"] == "cancelled"
+
+
+def test_errors_carry_status_and_an_actionable_message(store: RunningStore) -> None:
+    with store.client() as app, pytest.raises(RequestFailed) as info:
+        app.status("missing")
+    assert info.value.status == 404 and "no job" in info.value.message
+
+
+def test_a_call_to_no_store_times_out_with_advice(tmp_path: Any) -> None:
+    with (
+        JobClient(f"ipc://{tmp_path}/nobody", "ds", "c", timeout=0.2) as app,
+        pytest.raises(Timeout) as info,
+    ):
+        app.status("j")
+    assert "is the store running" in info.value.message
+
+
+def test_jobs_iterates_every_page(store: RunningStore) -> None:
+    with store.client() as app:
+        ids = [app.submit(i, job=f"j{i:03}")["job"] for i in range(250)]
+        assert [r["job"] for r in app.jobs()] == ids
+        assert [r["job"] for r in app.jobs(since=200)] == ids[200:]
+
+
+def test_watch_catches_up_then_follows_live_changes(store: RunningStore) -> None:
+    with store.client() as app, store.driver() as driver:
+        app.submit("early", job="early")
+        watch = app.watch()
+        assert next(watch)["job"] == "early"
+        app.submit("late", job="late")
+        assert next(watch)["job"] == "late"
+        driver.take(2)
+        assert [(r["job"], r["status"]) for r in (next(watch), next(watch))] == [
+            ("early", "accepted"),
+            ("late", "accepted"),
+        ]
+
+
+def test_watch_sees_every_final_status_in_order_of_seq(store: RunningStore) -> None:
+    with store.client() as app, store.driver() as driver:
+        watch = app.watch()
+        for i in range(30):
+            app.submit(i, job=f"j{i}")
+        for job in driver.take(30):
+            driver.complete(job["job"], job["request"] * 2)
+        done: dict[str, Any] = {}
+        last = 0
+        for record in watch:
+            assert record["seq"] > last
+            last = record["seq"]
+            if record["status"] == "complete":
+                done[record["job"]] = record["response"]
+            if len(done) == 30:
+                break
+        assert done == {f"j{i}": i * 2 for i in range(30)}
+
+
+def test_watch_does_not_show_other_clients_jobs(store: RunningStore) -> None:
+    with store.client("alice") as alice, store.client("bob") as bob:
+        watch = alice.watch()
+        bob.submit("bob's", job="b1")
+        alice.submit("alice's", job="a1")
+        assert next(watch)["job"] == "a1"
+
+
+def test_watch_misses_nothing_across_a_store_restart(start_store: Any) -> None:
+    first = start_store()
+    endpoints = {
+        "request_endpoint": first.endpoint,
+        "observe_endpoint": first.server.endpoints["observe"],
+        "notify_endpoint": first.notify_endpoint,
+    }
+    with first.client() as app:
+        watch = app.watch(idle=0.1)
+        app.submit(1, job="before")
+        assert next(watch)["job"] == "before"
+        first.stop()
+        second = start_store(data_dir=first.data_dir, **endpoints)
+        with second.client() as other:
+            other.submit(2, job="after-1")
+            other.submit(3, job="after-2")
+        assert [next(watch)["job"], next(watch)["job"]] == ["after-1", "after-2"]
+
+
+def test_driver_run_completes_jobs_with_the_handlers_result(store: RunningStore) -> None:
+    thread, stop = run_driver_in_thread(store, lambda ctx: {"echo": ctx.request})
+    try:
+        with store.client() as app:
+            job = app.submit({"x": 1})["job"]
+            record = wait_for(app, job, "complete")
+        assert record["response"] == {"echo": {"x": 1}} and record["attempts"] == 1
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_driver_run_fails_a_job_whose_handler_raises(store: RunningStore) -> None:
+    def broken(ctx: JobContext) -> None:
+        raise ValueError("sensor offline")
+
+    thread, stop = run_driver_in_thread(store, broken)
+    try:
+        with store.client() as app:
+            job = app.submit("x")["job"]
+            record = wait_for(app, job, "failed")
+        assert record["response"] == {"error": "ValueError: sensor offline"}
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(("exc", "status"), [(ForbidJob, "forbidden"), (RetryJob, "retrying")])
+def test_driver_run_reports_what_the_handler_signals(
+    store: RunningStore, exc: type, status: str
+) -> None:
+    calls = []
+
+    def handler(ctx: JobContext) -> None:
+        calls.append(ctx.id)
+        if len(calls) == 1:
+            raise exc("not now")
+
+    thread, stop = run_driver_in_thread(store, handler)
+    try:
+        with store.client() as app:
+            job = app.submit("x")["job"]
+            wait_for(app, job, status)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_driver_run_renews_the_lease_and_passes_on_a_cancel(store: RunningStore) -> None:
+    started = threading.Event()
+
+    def slow(ctx: JobContext) -> str:
+        started.set()
+        ctx.progress({"done": 1, "total": 2})
+        deadline = time.monotonic() + 10
+        while not ctx.cancel_requested:
+            assert time.monotonic() < deadline, "cancel never reached the handler"
+            time.sleep(0.01)
+        raise JobCancelled("stopped early")
+
+    # A 300 ms lease would run out three times over during this job unless renewed.
+    thread, stop = run_driver_in_thread(store, slow, lease=300)
+    try:
+        with store.client() as app:
+            job = app.submit("x")["job"]
+            assert started.wait(5)
+            progress = wait_for(app, job, "accepted")
+            while progress.get("progress") is None:
+                progress = wait_for(app, job, "accepted")
+            assert progress["progress"] == {"done": 1, "total": 2}
+            time.sleep(1.0)  # longer than the lease: only renewal keeps it accepted
+            assert app.status(job)["status"] == "accepted"
+            app.cancel(job)
+            record = wait_for(app, job, "cancelled")
+        assert record["attempts"] == 1 and record["response"] == "JobCancelled: stopped early"
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_driver_lists_and_watches_every_client(store: RunningStore) -> None:
+    with store.client("a") as a, store.client("b") as b, store.driver() as driver:
+        watch = driver.watch()
+        a.submit(1, job="ja")
+        b.submit(2, job="jb")
+        assert {next(watch)["job"], next(watch)["job"]} == {"ja", "jb"}
+        assert sorted(r["job"] for r in driver.jobs()) == ["ja", "jb"]
+        assert [r["job"] for r in driver.jobs(client="b")] == ["jb"]
