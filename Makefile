@@ -22,8 +22,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Development store: the default ports, on loopback only (the Docker image binds 0.0.0.0).
 run: $(STAMP)
-	$(BIN)/jobstore serve --data-dir ./var
+	$(BIN)/jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555 \
+		--observe-endpoint tcp://127.0.0.1:5556 --notify-endpoint tcp://127.0.0.1:5557
 
 docs: $(STAMP)
 	$(BIN)/python -m jobstore.states > docs/states.md
