@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from . import __version__
 from .client import Driver, JobClient, JobContext
 from .errors import ClientError, JobstoreError, RequestFailed
@@ -217,6 +219,30 @@ def _callable(spec: str) -> Callable[[JobContext], Any]:
     return func
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    public, secret = zmq.curve_keypair()
+    out = Path(args.out)
+    out.touch(mode=0o600, exist_ok=False)
+    out.write_bytes(secret + b"\n")
+    Path(f"{out}.pub").write_bytes(public + b"\n")
+    print(public.decode())
+    return 0
+
+
+def cmd_mint(args: argparse.Namespace) -> int:
+    from .auth import mint
+
+    secret = _read_key(args.token_key_file, "token key")
+    assert secret is not None
+    caveats = [f"path = {args.path}", f"method = {args.method.upper()}", f"target = {args.target}"]
+    if args.client:
+        caveats.append(f"client = {args.client}")
+    if args.observe:
+        caveats.append("observe = data")
+    print(mint(secret, caveats))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobstore", description="A Databox store for a queue of jobs (asynchronous RPC)."
@@ -275,6 +301,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-jobs", type=int, help="stop after this many jobs")
     p.set_defaults(func=cmd_work)
+
+    p = sub.add_parser(
+        "keygen",
+        help="write a CURVE key pair",
+        description="Write a CURVE secret key to OUT (mode 0600) and its public key to OUT.pub; "
+        "print the public key. Serve with --secret-key-file OUT; give clients the public key.",
+        epilog="example: jobstore keygen --out ./store.key",
+    )
+    p.add_argument("--out", required=True, help="secret key file to create (must not exist)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser(
+        "mint",
+        help="mint a development macaroon",
+        description="Mint a token the way the arbiter does, for development and tests.",
+        epilog="example: jobstore mint --token-key-file ./token.key --target jobstore "
+        "--path '/sensor-jobs/*' --method POST --client app1",
+    )
+    p.add_argument("--token-key-file", required=True, help="the store's token secret")
+    p.add_argument("--target", required=True, help="store identity (or * for any)")
+    p.add_argument("--path", required=True, help="path, or a prefix ending in *")
+    p.add_argument("--method", required=True, help="GET, POST or DELETE (or *)")
+    p.add_argument("--client", help="add a client caveat")
+    p.add_argument("--observe", action="store_true", help="add observe = data (observe, subscribe)")
+    p.set_defaults(func=cmd_mint)
     return parser
 
 

@@ -12,13 +12,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 
 from .errors import ClientError, RequestFailed, Timeout
+from .hypercat import job_datasource_item
 from .notify import open_sealed
 from .protocol import cbor
 
@@ -158,75 +159,100 @@ class JobClient:
             page, cursor = self.page(cursor)
             yield from page
 
-    def watch(self, since: int = 0, *, idle: float = 1.0) -> Iterator[Record]:
-        """Yield every change to this client's jobs after ``since``, then live changes, forever.
+    def watch(self, since: int = 0, *, idle: float = 1.0) -> Watch:
+        """Every change to this client's jobs after ``since``, then live changes, forever.
 
-        Subscribes to the client's sealed topic and catches up with :meth:`jobs`
-        on start, on a gap in ``prev``, on reconnection, and whenever the topic
-        has been quiet for ``idle`` seconds but the store's seq moved on.
+        Subscribes to the client's sealed topic at once; see :class:`Watch`.
         """
-        yield from _watch(
-            self.conn,
-            self._endpoint(),
-            f"/sub/{self.dsid}/job",
-            {"client": self.client},
-            self.jobs,
+        endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
+        subscribe = (f"/sub/{self.dsid}/job", {"client": self.client})
+        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle)
+
+
+class Watch:
+    """Every change of a topic after ``since``: caught up by listing, then followed live.
+
+    Subscribes at once (so nothing after creation is missed, even before the first
+    ``next``), and lists with ``since`` on start, on a gap in ``prev``, on
+    (re)connection, and when the topic has been quiet for ``idle`` seconds while
+    the store's seq for it moved on. Catching up yields each job's latest record,
+    so intermediate states of a job may be skipped, but never its last one.
+    Close it (or use ``with``) to release its sockets.
+    """
+
+    def __init__(
+        self,
+        conn: Connection,
+        notify_endpoint: str,
+        subscribe: tuple[str, dict[str, Any]],
+        catch_up: Callable[[int], Iterator[Record]],
+        since: int,
+        idle: float,
+    ) -> None:
+        self._conn, self._subscribe, self._catch_up, self.last, self._idle = (
+            conn,
+            subscribe,
+            catch_up,
             since,
             idle,
         )
+        info = conn.call("POST", *subscribe)
+        self._key: bytes = info["key"]
+        self._sub = conn.new_socket(zmq.SUB)
+        self._monitor = self._sub.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+        )
+        self._sub.setsockopt(zmq.SUBSCRIBE, info["topic"].encode())
+        self._sub.connect(notify_endpoint)
+        self._records = self._follow()
 
-    def _endpoint(self) -> str:
-        return self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
+    def __iter__(self) -> Watch:
+        return self
 
+    def __next__(self) -> Record:
+        return next(self._records)
 
-def _watch(
-    conn: Connection,
-    notify_endpoint: str,
-    sub_path: str,
-    sub_body: dict[str, Any],
-    catch_up: Callable[[int], Iterator[Record]],
-    since: int,
-    idle: float,
-) -> Iterator[Record]:
-    info = conn.call("POST", sub_path, sub_body)
-    sub = conn.new_socket(zmq.SUB)
-    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED)
-    try:
-        sub.setsockopt(zmq.SUBSCRIBE, info["topic"].encode())
-        sub.connect(notify_endpoint)
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._records.close()
+        self._sub.disable_monitor()
+        self._monitor.close()
+        self._sub.close()
+
+    def _follow(self) -> Generator[Record, None, None]:
         poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(monitor, zmq.POLLIN)
-        last = since
+        poller.register(self._sub, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         stale = True  # catch up before trusting the live stream
         while True:
             if stale:
-                for record in catch_up(last):
-                    if record["seq"] > last:
-                        last = record["seq"]
+                for record in self._catch_up(self.last):
+                    if record["seq"] > self.last:
+                        self.last = record["seq"]
                         yield record
                 stale = False
-            events = dict(poller.poll(int(idle * 1000)))
-            if monitor in events:
-                monitor.recv_multipart()
+            events = dict(poller.poll(int(self._idle * 1000)))
+            if self._monitor in events:
+                self._monitor.recv_multipart()
                 stale = True
-            if sub in events:
-                _topic, sealed = sub.recv_multipart()
-                msg = open_sealed(info["key"], sealed)
+            if self._sub in events:
+                _topic, sealed = self._sub.recv_multipart()
+                msg = open_sealed(self._key, sealed)
                 record = msg["record"]
-                if record["seq"] <= last:
+                if record["seq"] <= self.last:
                     continue
-                if msg["prev"] != last:
+                if msg["prev"] != self.last:
                     stale = True
                     continue
-                last = record["seq"]
+                self.last = record["seq"]
                 yield record
             elif not events:
-                stale = conn.call("POST", sub_path, sub_body)["seq"] != last
-    finally:
-        sub.disable_monitor()
-        monitor.close()
-        sub.close()
+                stale = self._conn.call("POST", *self._subscribe)["seq"] != self.last
 
 
 class JobContext:
@@ -296,6 +322,17 @@ class Driver:
     def close(self) -> None:
         self.conn.close()
 
+    def register(self, description: str, href: str | None = None) -> Record:
+        """Add this job datasource to the store's hypercat catalogue (store type job, an actuator).
+
+        ``href`` defaults to ``<request endpoint>/<dsid>``, the form Databox apps resolve.
+        """
+        item = job_datasource_item(
+            href or f"{self.conn.endpoint}/{self.dsid}", self.dsid, description
+        )
+        record: Record = self.conn.call("POST", "/cat", item)
+        return record
+
     def take(self, max: int = 1, *, lease: int | None = None, wait: int = 0) -> list[Record]:
         """Take up to ``max`` queued jobs (now accepted), waiting up to ``wait`` ms for one."""
         body: dict[str, Any] = {"max": max, "wait": wait}
@@ -349,10 +386,10 @@ class Driver:
             yield from reply["jobs"]
             cursor = reply["next"]
 
-    def watch(self, since: int = 0, *, idle: float = 1.0) -> Iterator[Record]:
-        """Yield every change in the datasource after ``since``, then live changes (see JobClient.watch)."""
+    def watch(self, since: int = 0, *, idle: float = 1.0) -> Watch:
+        """Every change in the datasource after ``since``, then live changes (see :class:`Watch`)."""
         endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        yield from _watch(self.conn, endpoint, f"/sub{self._base}", {}, self.jobs, since, idle)
+        return Watch(self.conn, endpoint, (f"/sub{self._base}", {}), self.jobs, since, idle)
 
     def run(
         self,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import lmdb
 
+from . import hypercat
 from .errors import (
     BadRequest,
     Conflict,
@@ -368,6 +369,18 @@ class Service:
         change = self._transition(txn, job, event, now, **fields)
         return Outcome(_ok(request, change.job.wire()), [change])
 
+    # Hypercat (contract section 9)
+
+    def cat_get(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        self._authorise(request)
+        return Outcome(_ok(request, hypercat.catalogue(txn.catalogue_items())))
+
+    def cat_post(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        self._authorise(request)
+        item = hypercat.check_item(request.body)
+        txn.set_catalogue_items(hypercat.upsert(txn.catalogue_items(), item))
+        return Outcome(_ok(request, item))
+
     def subscribe_server(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
         _body(request)
@@ -382,6 +395,7 @@ def _names(statuses: Any) -> str:
 # (path shape, method) -> handler. In a shape, "D" is a datasource id, "N" a name,
 # "#" a seq number, and anything else a literal segment.
 ROUTES: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
+    (("cat",), {"GET": Service.cat_get, "POST": Service.cat_post}),
     (("sub", "server", "D", "job"), {"POST": Service.subscribe_server}),
     (("sub", "D", "job"), {"POST": Service.subscribe}),
     (("server", "D", "job"), {"GET": Service.server_list}),

@@ -11,7 +11,8 @@ queue      dsid NUL seq                    job id of a submitted/retrying job
 clients    dsid NUL client NUL seq         job id, one entry per job at its last change
 changes    dsid NUL seq                    job id, one entry per job at its last change
 leases     lease_until dsid NUL job        empty: accepted jobs by lease deadline
-meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic
+meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
+           b"cat"                          and the hypercat items (a CBOR array)
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone
@@ -26,7 +27,9 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import lmdb
 
 from . import records
@@ -35,6 +38,7 @@ from .records import Job
 
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
+CATALOGUE_KEY = b"cat"
 DEFAULT_MAP_SIZE = 1 << 31
 _U64 = 8
 
@@ -140,6 +144,13 @@ class Txn:
 
     def set_topic_seq(self, topic: str, seq: int) -> None:
         self.set_meta(b"t:" + topic.encode(), u64(seq))
+
+    def catalogue_items(self) -> list[Any]:
+        raw = self.meta(CATALOGUE_KEY)
+        return [] if raw is None else list(cbor2.loads(raw))
+
+    def set_catalogue_items(self, items: list[Any]) -> None:
+        self.set_meta(CATALOGUE_KEY, cbor2.dumps(items))
 
     def get(self, dsid: str, job: str) -> Job | None:
         raw = self.txn.get(_name(dsid, job), db=self.db["jobs"])
