@@ -30,9 +30,10 @@ def run_driver_in_thread(
 
 
 def wait_for(client: JobClient, job: str, *statuses: str) -> dict[str, Any]:
-    for record in client.watch():
-        if record["job"] == job and record["status"] in statuses:
-            return record
+    with client.watch() as watch:
+        for record in watch:
+            if record["job"] == job and record["status"] in statuses:
+                return record
     raise AssertionError("watch ended")
 
 

@@ -65,6 +65,7 @@ def test_submit_creates_a_submitted_record_with_every_field(h: Harness) -> None:
         "created": h.now,
         "updated": h.now,
         "seq": 1,
+        "history": [{"status": "submitted", "at": h.now}],
     }
 
 
@@ -389,3 +390,79 @@ def test_records_indexes_and_seq_survive_a_restart(tmp_path: Path) -> None:
     assert again.ok("POST", "/sub/ds/job", {"client": "c1"})["seq"] == 5
     # the lease of "a" is remembered too
     assert again.call("GET", "/ds/job/c1/a", now=again.now + 100).reply.body["status"] == "retrying"  # type: ignore[union-attr]
+
+
+def test_a_client_over_its_unfinished_job_limit_gets_429(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "data", Limits(max_active_per_client=2))
+    h.submit(job="a")
+    h.submit(job="b")
+    assert "unfinished jobs" in h.error("POST", "/ds/job/", {"job": "c", "client": "c1"}, 429)
+    h.submit(job="x", client="c2")  # other clients are not held back
+    h.ok("POST", "/ds/job/cancel", {"job": "a", "client": "c1"})
+    h.submit(job="c")  # a finished job frees its place
+
+
+def test_a_datasource_over_its_unfinished_job_limit_gets_429(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "data", Limits(max_active_per_datasource=2))
+    h.submit(job="a", client="c1")
+    h.submit(job="b", client="c2")
+    assert "datasource 'ds'" in h.error("POST", "/ds/job/", {"job": "c", "client": "c3"}, 429)
+    h.ok("POST", "/other/job/", {"job": "c", "client": "c3"}, 201)
+
+
+def test_every_status_change_is_kept_in_a_bounded_history(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "data", Limits(history_length=3))
+    h.submit()
+    h.take()
+    h.report("j1", "accepted", progress=1)  # not a status change
+    h.report("j1", "retrying")
+    record = h.take()[0]
+    assert [e["status"] for e in record["history"]] == ["accepted", "retrying", "accepted"]
+    assert record["history"][-1]["at"] == record["updated"]
+
+
+def test_terminal_jobs_are_purged_after_retention_from_record_and_listings(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "data", Limits(retention_ms=1000, purge_batch=2))
+    for job in ("a", "b", "c"):
+        h.submit(job=job)
+        h.ok("POST", "/ds/job/cancel", {"job": job, "client": "c1"})
+    h.submit(job="live")
+    last_seq = h.ok("GET", "/ds/job/c1/live")["seq"]
+    h.now += 1000
+    h.ok("GET", "/ds/job/c1/live")  # one batch purges two
+    with h.storage.read() as txn:
+        assert [txn.get("ds", job) is None for job in ("a", "b", "c")] == [True, True, False]
+    h.ok("GET", "/ds/job/c1/live")  # the next batch purges the third
+    assert [r["job"] for r in h.ok("GET", "/ds/job/c1")["jobs"]] == ["live"]
+    assert [r["job"] for r in h.ok("GET", "/server/ds/job/", {})["jobs"]] == ["live"]
+    assert h.submit(job="d")["seq"] == last_seq + 1  # seq is never reused
+
+
+def test_a_full_store_refuses_submits_but_keeps_cancels_reports_and_reads(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "data", Limits(full_at=0.5))
+    h.storage.max_map_size = h.storage.used() * 8
+    h.submit(job="running")
+    h.submit(job="queued")
+    assert h.take(max=1)[0]["job"] == "running"
+    blob = "x" * 4000
+    for i in range(200):
+        reply = h.call("POST", "/ds/job/", {"job": f"fill{i}", "client": "c1", "request": blob}).reply
+        assert reply is not None
+        if reply.status == 507:
+            assert "store is full" in (reply.error or "")
+            break
+    else:
+        raise AssertionError("the store never filled up")
+    assert h.ok("POST", "/ds/job/cancel", {"job": "running", "client": "c1"})["cancel_requested"]
+    assert h.report("queued", "failed")["status"] == "failed"
+    assert h.ok("GET", "/ds/job/c1/running")["status"] == "accepted"
+
+
+def test_the_map_grows_before_it_fills(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "data", map_size=1 << 16, max_map_size=1 << 24)
+    service = Service(storage)
+    for i in range(100):
+        body = {"job": f"j{i}", "client": "c", "request": "x" * 2000}
+        outcome = service.handle(Request("POST", "/ds/job/", body=body), T0)
+        assert outcome.reply is not None and outcome.reply.status == 201, outcome.reply
+    assert storage.env.info()["map_size"] > 1 << 16

@@ -199,8 +199,10 @@ class Watch:
         info = conn.call("POST", *subscribe)
         self._key: bytes = info["key"]
         self._sub = conn.new_socket(zmq.SUB)
+        # A unique address: a socket's FD (pyzmq's default name) is reused once it is closed.
         self._monitor = self._sub.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CONNECTED,
+            addr=f"inproc://watch-{uuid.uuid4().hex}",
         )
         self._sub.setsockopt(zmq.SUBSCRIBE, info["topic"].encode())
         self._sub.connect(notify_endpoint)

@@ -54,6 +54,7 @@ class Job:
     response: Any = None
     progress: Any = None
     lease_until: int = 0
+    history: tuple[tuple[str, int], ...] = ()
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""
@@ -76,6 +77,7 @@ class Job:
             out["response"] = self.response
         if self.progress is not None:
             out["progress"] = self.progress
+        out["history"] = [{"status": status, "at": at} for status, at in self.history]
         return out
 
 
@@ -96,6 +98,7 @@ def dump(job: Job) -> bytes:
             job.response,
             job.progress,
             job.lease_until,
+            job.history,
         ]
     )
 
@@ -103,4 +106,21 @@ def dump(job: Job) -> bytes:
 def load(data: bytes) -> Job:
     """The record stored by :func:`dump`."""
     f = cbor2.loads(data)
-    return Job(f[0], f[1], f[2], f[3], Status(f[4]), *f[5:])
+    created, updated, seq, attempts, cancel_requested, response, progress, lease_until = f[5:13]
+    history = tuple((status, at) for status, at in f[13])
+    return Job(
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        Status(f[4]),
+        created,
+        updated,
+        seq,
+        attempts,
+        cancel_requested,
+        response,
+        progress,
+        lease_until,
+        history,
+    )

@@ -26,6 +26,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     StorageFull,
+    TooMany,
 )
 from .notify import Change, Sealer, client_topic, server_topic
 from .protocol import Reply, Request
@@ -79,6 +80,12 @@ class Limits:
     max_wait_ms: int = 300_000
     page_size: int = 100
     max_page_size: int = 1000
+    max_active_per_client: int = 100_000
+    max_active_per_datasource: int = 1_000_000
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    purge_batch: int = 100
+    history_length: int = 20
+    full_at: float = 0.95  # refuse submits once the map ceiling is this full
 
 
 Handler = Callable[["Service", Txn, Request, int, list[str]], Outcome]
@@ -94,6 +101,7 @@ class Service:
         self.auth = auth
         self.limits = limits or Limits()
         self.sealer = Sealer(storage.secret)
+        self._full = False
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
 
@@ -110,10 +118,13 @@ class Service:
 
         Returns the changes made by lease expiry and one outcome per request.
         """
+        self.storage.grow()
+        self._full = self.storage.fill() >= self.limits.full_at
         try:
             with self.storage.write() as txn:
                 expired = self._expire(txn, now)
                 outcomes = [self._one(txn, request, now) for request in requests]
+                self._purge(txn, now)
                 self.next_lease = txn.next_lease()
         except JobstoreError as exc:
             return [], [Outcome(_error(r, exc)) for r in requests]
@@ -122,6 +133,12 @@ class Service:
             err = JobstoreError(f"the store could not commit this batch ({exc}); retry the request")
             return [], [Outcome(_error(r, err)) for r in requests]
         return expired, outcomes
+
+    def _purge(self, txn: Txn, now: int) -> None:
+        """Drop a small batch of terminal jobs past retention, so no batch is held up for long."""
+        with txn.nested() as child:
+            for job in child.ended_before(now - self.limits.retention_ms, self.limits.purge_batch):
+                child.delete(job)
 
     def _one(self, txn: Txn, request: Request, now: int) -> Outcome:
         try:
@@ -169,6 +186,8 @@ class Service:
             raise
         if status is not Status.ACCEPTED:
             fields["lease_until"] = 0
+        if status is not job.status:
+            fields["history"] = (*job.history, (status.value, now))[-self.limits.history_length :]
         new = job.evolve(status=status, updated=now, seq=txn.next_seq(), **fields)
         txn.put(new, job)
         return self._change(txn, new)
@@ -228,9 +247,29 @@ class Service:
                     existing.wire(),
                 )
             return Outcome(_ok(request, existing.wire()))
+        self._admit(txn, dsid, client)
         job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, txn.next_seq())
+        job = job.evolve(history=((Status.SUBMITTED.value, now),))
         txn.put(job, None)
         return Outcome(Reply(201, job.wire(), id=request.id), [self._change(txn, job)])
+
+    def _admit(self, txn: Txn, dsid: str, client: str) -> None:
+        limits = self.limits
+        if self._full:
+            raise StorageFull(
+                "the store is full: new jobs are refused until old ones are purged (cancels, status "
+                "reports and reads still work); ask the operator to raise --max-map-size"
+            )
+        if txn.active(dsid, client) >= limits.max_active_per_client:
+            raise TooMany(
+                f"client {client!r} has {limits.max_active_per_client} unfinished jobs in {dsid!r}, the "
+                "limit: wait for some to finish (or cancel them) before submitting more"
+            )
+        if txn.active(dsid) >= limits.max_active_per_datasource:
+            raise TooMany(
+                f"datasource {dsid!r} has {limits.max_active_per_datasource} unfinished jobs, the limit: "
+                "wait for the driver to catch up before submitting more"
+            )
 
     def cancel(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         body = _body(request, required=("job", "client"))

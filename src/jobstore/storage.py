@@ -11,8 +11,9 @@ queue      dsid NUL seq                    job id of a submitted/retrying job
 clients    dsid NUL client NUL seq         job id, one entry per job at its last change
 changes    dsid NUL seq                    job id, one entry per job at its last change
 leases     lease_until dsid NUL job        empty: accepted jobs by lease deadline
+done       updated dsid NUL job            empty: terminal jobs by when they ended (retention)
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
-           b"cat"                          and the hypercat items (a CBOR array)
+           b"cat", b"n:"dsid[NUL client]   the hypercat items (a CBOR array), active job counts
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone
@@ -39,7 +40,9 @@ from .records import Job
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
-DEFAULT_MAP_SIZE = 1 << 31
+DEFAULT_MAP_SIZE = 1 << 30
+DEFAULT_MAX_MAP_SIZE = 1 << 34
+GROW_AT = 0.8  # grow the map when it is this full
 _U64 = 8
 
 
@@ -49,6 +52,10 @@ def u64(n: int) -> bytes:
 
 def _name(*parts: str) -> bytes:
     return "\0".join(parts).encode() + b"\0"
+
+
+def _count_key(*parts: str) -> bytes:
+    return b"n:" + _name(*parts)
 
 
 def index_keys(job: Job) -> dict[str, bytes]:
@@ -61,21 +68,38 @@ def index_keys(job: Job) -> dict[str, bytes]:
         keys["queue"] = _name(job.dsid) + u64(job.seq)
     if job.lease_until:
         keys["leases"] = u64(job.lease_until) + _name(job.dsid, job.job)
+    if job.status.terminal:
+        keys["done"] = u64(job.updated) + _name(job.dsid, job.job)
     return keys
+
+
+EMPTY_VALUED = frozenset({"leases", "done"})
 
 
 class Storage:
     """The LMDB environment of one data directory."""
 
-    def __init__(self, path: str | os.PathLike[str], map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.chmod(0o700)
+        self.max_map_size = max(max_map_size, 1 << 16)
         self.env = lmdb.open(
-            str(self.path), map_size=map_size, max_dbs=8, sync=True, metasync=True, lock=True
+            str(self.path),
+            map_size=min(map_size, self.max_map_size),
+            max_dbs=8,
+            sync=True,
+            metasync=True,
+            lock=True,
         )
         self.dbs = {
             name: self.env.open_db(name.encode())
-            for name in ("jobs", "queue", "clients", "changes", "leases", "meta")
+            for name in ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
         }
         with self.write() as txn:
             if txn.meta(SECRET_KEY) is None:
@@ -84,6 +108,20 @@ class Storage:
 
     def close(self) -> None:
         self.env.close()
+
+    def used(self) -> int:
+        """Bytes of the map in use (pages up to the last one written)."""
+        return int((self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+
+    def fill(self) -> float:
+        """How full the map may become, as a fraction of its ceiling (``max_map_size``)."""
+        return self.used() / self.max_map_size
+
+    def grow(self) -> None:
+        """Double the map (up to the ceiling) once it is GROW_AT full. Call with no transaction open."""
+        size = int(self.env.info()["map_size"])
+        if size < self.max_map_size and self.used() > size * GROW_AT:
+            self.env.set_mapsize(min(size * 2, self.max_map_size))
 
     @contextmanager
     def write(self) -> Iterator[Txn]:
@@ -166,8 +204,41 @@ class Txn:
         value = new.job.encode()
         for db, key in new_keys.items():
             if old_keys.get(db) != key:
-                self._put(key, b"" if db == "leases" else value, db)
+                self._put(key, b"" if db in EMPTY_VALUED else value, db)
         self._put(_name(new.dsid, new.job), records.dump(new), "jobs")
+        was_active = old is not None and not old.status.terminal
+        if was_active != (not new.status.terminal):
+            self._count(new, 1 if not was_active else -1)
+
+    def delete(self, job: Job) -> None:
+        """Remove a record and every index entry it owns."""
+        for db, key in index_keys(job).items():
+            self.txn.delete(key, db=self.db[db])
+        self.txn.delete(_name(job.dsid, job.job), db=self.db["jobs"])
+        if not job.status.terminal:
+            self._count(job, -1)
+
+    def _count(self, job: Job, delta: int) -> None:
+        for key in (_count_key(job.dsid), _count_key(job.dsid, job.client)):
+            raw = self.meta(key)
+            self.set_meta(key, u64((0 if raw is None else int.from_bytes(raw, "big")) + delta))
+
+    def active(self, dsid: str, client: str | None = None) -> int:
+        """How many jobs of a datasource (or of one client in it) are not yet terminal."""
+        raw = self.meta(_count_key(dsid) if client is None else _count_key(dsid, client))
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def ended_before(self, when: int, limit: int) -> list[Job]:
+        """Up to ``limit`` terminal jobs that ended before ``when``, oldest first."""
+        out: list[Job] = []
+        cursor = self.txn.cursor(db=self.db["done"])
+        if cursor.first():
+            for key in cursor.iternext(values=False):
+                if len(out) == limit or int.from_bytes(key[:_U64], "big") >= when:
+                    break
+                dsid, job, _ = bytes(key[_U64:]).decode().split("\0")
+                out.append(self._must_get(dsid, job))
+        return out
 
     def _put(self, key: bytes, value: bytes, db: str) -> None:
         self.txn.put(key, value, db=self.db[db])
