@@ -446,7 +446,9 @@ def test_a_full_store_refuses_submits_but_keeps_cancels_reports_and_reads(tmp_pa
     assert h.take(max=1)[0]["job"] == "running"
     blob = "x" * 4000
     for i in range(200):
-        reply = h.call("POST", "/ds/job/", {"job": f"fill{i}", "client": "c1", "request": blob}).reply
+        reply = h.call(
+            "POST", "/ds/job/", {"job": f"fill{i}", "client": "c1", "request": blob}
+        ).reply
         assert reply is not None
         if reply.status == 507:
             assert "store is full" in (reply.error or "")
