@@ -16,8 +16,16 @@ from typing import Any
 import zmq
 
 from . import __version__
+from .arbiter import add_cli as add_fake_arbiter
 from .client import Driver, JobClient, JobContext
-from .errors import ClientError, JobstoreError, RequestFailed
+from .databox import (
+    DEFAULT_ARBITER,
+    DEFAULT_DATA_DIR,
+    DEFAULT_SECRETS_DIR,
+    read_secrets,
+    token_secret,
+)
+from .errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
 from .service import Limits, Service
 from .storage import DEFAULT_MAP_SIZE, Storage
@@ -41,7 +49,11 @@ def _add_serve(sub: Any) -> None:
         "(e.g. JOBSTORE_DATA_DIR).",
         epilog="example: jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555",
     )
-    p.add_argument("--data-dir", default=_env("DATA_DIR", "./var"), help="LMDB directory (./var)")
+    p.add_argument(
+        "--data-dir",
+        default=_env("DATA_DIR"),
+        help="LMDB directory (./var; /database with --databox)",
+    )
     p.add_argument("--request-endpoint", default=_env("REQUEST_ENDPOINT", DEFAULT_REQUEST))
     p.add_argument("--observe-endpoint", default=_env("OBSERVE_ENDPOINT", DEFAULT_OBSERVE))
     p.add_argument("--notify-endpoint", default=_env("NOTIFY_ENDPOINT", DEFAULT_NOTIFY))
@@ -70,6 +82,14 @@ def _add_serve(sub: Any) -> None:
         help="lease expiries before failed",
     )
     p.add_argument("--map-size", type=int, default=int(_env("MAP_SIZE", DEFAULT_MAP_SIZE)))
+    p.add_argument(
+        "--databox",
+        action="store_true",
+        default=bool(_env("DATABOX")),
+        help="start as a Databox store: secrets from --secrets-dir, token secret from the arbiter at "
+        "DATABOX_ARBITER_ENDPOINT, identity DATABOX_LOCAL_NAME, data in /database",
+    )
+    p.add_argument("--secrets-dir", default=_env("SECRETS_DIR", DEFAULT_SECRETS_DIR))
     p.set_defaults(func=cmd_serve)
 
 
@@ -83,12 +103,25 @@ def _read_key(path: str | None, what: str) -> bytes | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    secret_key = _read_key(args.secret_key_file, "CURVE secret key")
+    if args.databox:
+        identity = os.environ.get("DATABOX_LOCAL_NAME")
+        if not identity:
+            raise ConfigError("--databox needs DATABOX_LOCAL_NAME, the store's name in Databox")
+        args.identity = identity
+        args.data_dir = args.data_dir or DEFAULT_DATA_DIR
+        secrets = read_secrets(args.secrets_dir)
+        arbiter = os.environ.get("DATABOX_ARBITER_ENDPOINT", DEFAULT_ARBITER)
+        log.info("fetching the token secret from the arbiter at %s", arbiter)
+        token_key: bytes | None = token_secret(arbiter, secrets, identity)
+        secret_key: bytes | None = secrets.secret_key
+    else:
+        secret_key = _read_key(args.secret_key_file, "CURVE secret key")
+        token_key = _read_key(args.token_key_file, "token key")
     if secret_key is not None and len(secret_key) != 40:
-        raise SystemExit(
-            "jobstore: the CURVE secret key must be 40 characters of Z85 (jobstore keygen)"
+        raise ConfigError(
+            "the CURVE secret key must be 40 characters of Z85 (make one with jobstore keygen)"
         )
-    token_key = _read_key(args.token_key_file, "token key")
+    args.data_dir = args.data_dir or "./var"
     auth = None
     if token_key is not None:
         from .auth import Authoriser
@@ -326,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", help="add a client caveat")
     p.add_argument("--observe", action="store_true", help="add observe = data (observe, subscribe)")
     p.set_defaults(func=cmd_mint)
+
+    add_fake_arbiter(sub)
     return parser
 
 
@@ -343,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(f"jobstore: {exc.message}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except ConfigError as exc:
+        print(f"jobstore: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     except JobstoreError as exc:
         print(f"jobstore: {exc.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -26,6 +26,8 @@ from .protocol import cbor
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]
+# A macaroon, or a function giving the macaroon for a (method, path): Databox tokens name a method.
+Token = str | Callable[[str, str], str] | None
 
 
 def notify_endpoint_for(endpoint: str) -> str:
@@ -48,7 +50,7 @@ class Connection:
         self,
         endpoint: str,
         *,
-        token: str | None = None,
+        token: Token = None,
         server_key: bytes | str | None = None,
         timeout: float = 5.0,
         context: zmq.Context[Any] | None = None,
@@ -78,7 +80,8 @@ class Connection:
     ) -> Any:
         """Send one request and return the reply body; raise RequestFailed on an error status."""
         rid = next(self._ids)
-        self.socket.send(cbor.encode_request(method, path, body, token=self.token, id=rid))
+        token = self.token(method, path) if callable(self.token) else self.token
+        self.socket.send(cbor.encode_request(method, path, body, token=token, id=rid))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
@@ -107,7 +110,7 @@ class JobClient:
         endpoint: str,
         dsid: str,
         client: str,
-        token: str | None = None,
+        token: Token = None,
         *,
         server_key: bytes | str | None = None,
         notify_endpoint: str | None = None,
@@ -304,7 +307,7 @@ class Driver:
         self,
         endpoint: str,
         dsid: str,
-        token: str | None = None,
+        token: Token = None,
         *,
         server_key: bytes | str | None = None,
         notify_endpoint: str | None = None,

@@ -115,3 +115,9 @@ class RequestFailed(ClientError):
 
 class Timeout(ClientError):
     """No reply arrived in time."""
+
+
+class ConfigError(JobstoreError):
+    """The store cannot start as configured (missing secret, unreachable arbiter…)."""
+
+    status = 0

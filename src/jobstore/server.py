@@ -7,7 +7,6 @@ send -> publish. Everything it publishes was committed first.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
 import signal
@@ -21,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from .errors import JobstoreError, ProtocolError, TooLarge
+from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import Change, Sealer
 from .protocol import Reply, Request, cbor, zest
 from .records import Job
@@ -46,6 +45,8 @@ class ServerConfig:
     secret_key: bytes | None = None
     max_batch: int = 512
     max_frame: int = 1 << 20
+    max_inflight_per_peer: int = 1000
+    send_hwm: int = 10_000
 
 
 @dataclass
@@ -95,10 +96,15 @@ class Server:
         self._woken: set[str] = set()
         self._observers: dict[bytes, _Observer] = {}
         self.served = 0
+        self.dropped = 0  # replies and pushes to peers that had gone or stopped reading
 
     def _socket(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.linger = 1000
+        sock.sndhwm = self.config.send_hwm
+        if kind == zmq.ROUTER:
+            # Report unroutable and full peers (counted as dropped) instead of dropping silently.
+            sock.router_mandatory = True
         secret = self.config.secret_key
         if secret is not None:
             sock.curve_secretkey = secret
@@ -145,15 +151,40 @@ class Server:
 
     def _receive(self) -> list[_Pending]:
         pending = []
+        inflight = self._parked_per_peer()
         for _ in range(self.config.max_batch):
             try:
                 msg = self.request.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
+            peer = msg[0]
+            inflight[peer] = inflight.get(peer, 0) + 1
+            if inflight[peer] > self.config.max_inflight_per_peer:
+                self._refuse(
+                    msg,
+                    TooMany(
+                        f"more than {self.config.max_inflight_per_peer} requests in flight from this peer: "
+                        "wait for replies before sending more"
+                    ),
+                )
+                continue
             item = self._decode(msg)
             if item is not None:
                 pending.append(item)
         return pending
+
+    def _parked_per_peer(self) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for queue in self._parked.values():
+            for parked in queue:
+                counts[parked.envelope[0]] = counts.get(parked.envelope[0], 0) + 1
+        return counts
+
+    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:  # EHOSTUNREACH: the peer has gone; EAGAIN: it is not reading
+            self.dropped += 1
 
     def _decode(self, msg: list[bytes]) -> _Pending | None:
         envelope, frame = msg[:-1], msg[-1]
@@ -175,13 +206,18 @@ class Server:
                 "(native protocol) or a Zest GET/POST/DELETE frame"
             )
         except JobstoreError as exc:
-            reply = Reply(exc.status, exc.body, exc.message, getattr(exc, "id", None))
-            if is_zest:
-                bare = Request("POST", "/", content_format=zest.FORMAT_TEXT)
-                self.request.send_multipart([*envelope, zest.encode_reply(reply, bare)])
-            else:
-                self.request.send_multipart([*envelope, cbor.encode_reply(reply)])
+            self._refuse(msg, exc)
             return None
+
+    def _refuse(self, msg: list[bytes], exc: JobstoreError) -> None:
+        """Answer a request that never reached the service, in the codec it arrived in."""
+        envelope, frame = msg[:-1], msg[-1]
+        reply = Reply(exc.status, exc.body, exc.message, getattr(exc, "id", None))
+        if frame and frame[0] in ZEST_CODES:
+            bare = Request("POST", "/", content_format=zest.FORMAT_TEXT)
+            self._send(self.request, [*envelope, zest.encode_reply(reply, bare)])
+        else:
+            self._send(self.request, [*envelope, cbor.encode_reply(reply)])
 
     def _run_batch(self, pending: list[_Pending], now: int) -> None:
         pending = self._due_parked(now) + pending
@@ -238,7 +274,7 @@ class Server:
             reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
             request = replace(request, content_format=zest.FORMAT_TEXT)
         frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
-        self.request.send_multipart([*item.envelope, frame])
+        self._send(self.request, [*item.envelope, frame])
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -261,8 +297,7 @@ class Server:
 
     def _send_observe(self, ident: bytes, frame: bytes) -> None:
         # An observer that has gone or is not reading misses pushes: Zest observe is best effort.
-        with contextlib.suppress(zmq.ZMQError):
-            self.observe.send_multipart([ident, frame], zmq.NOBLOCK)
+        self._send(self.observe, [ident, frame])
 
     def _expire_observers(self, now: int) -> None:
         for ident, obs in list(self._observers.items()):

@@ -1,0 +1,460 @@
+"""A fake Databox arbiter for tests and local development, and the arbiter's client calls.
+
+It speaks what the Zest arbiter (me-box/core-arbiter ``src/server.re``) speaks: one Zest frame
+per message on a REP socket, a CURVE server when given a secret key, 69 for every success (POST
+included). A request's token must be the container manager's key, or the arbiter token that
+the container named by uri_host was registered with; anything else gets 129.
+
+``GET /store/secret`` answers the store named by uri_host with its token secret as text (a UUID
+v4, as the arbiter makes it; the store keys macaroons with these bytes). ``POST /token``
+``{target, path, method, caveats}`` mints a macaroon with the target store's secret when a grant
+matches (equal target and method; equal path, or a granted path ending in ``*`` that the
+requested one extends by at least one character). The CM key alone may ``POST``
+``/cm/upsert-container-info`` ``{name, type, key}`` and ``/cm/grant-container-permissions``
+``{name, route: {target, path, method}, caveats}``. docs/databox.md lists where the fake differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from . import auth
+from .errors import BadRequest, Forbidden, JobstoreError, RequestFailed, Unauthorized, Unavailable
+from .protocol import Reply, Request, zest
+
+log = logging.getLogger("jobstore.arbiter")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:4444"
+# zestdb's published example pair: anyone can read the secret half, so development only.
+EXAMPLE_SECRET_KEY = "EKy(xjAnIfg6AT+OGd?nS1Mi5zZ&b*VXA@WxNLLE"
+EXAMPLE_PUBLIC_KEY = "vl6wu0A@XP?}Or/&BR#LSxn>A+}L)p44/W[wXL3<"
+DEFAULT_CM_KEY = "secret"  # what lib-go-databox and node-databox send without a key file
+CONTAINER_TYPES = ("app", "driver", "store")
+_UPSERT = "/cm/upsert-container-info"
+_GRANT = "/cm/grant-container-permissions"
+_UNDECODED = Request(method="GET", path="/")  # answers a frame too broken to decode
+
+Caveats = tuple[tuple[str, str], ...]
+CaveatList = Iterable[Mapping[str, str]]
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def path_matches(granted: str, requested: str) -> bool:
+    """The arbiter's rule: equal paths, or ``granted`` ends in ``*`` and ``requested`` is
+    what precedes the ``*`` followed by at least one more character."""
+    if granted.endswith("*"):
+        return len(requested) >= len(granted) and requested.startswith(granted[:-1])
+    return granted == requested
+
+
+@dataclass(frozen=True)
+class _Grant:
+    target: str
+    path: str
+    method: str
+    caveats: Caveats
+
+    def covers(self, target: str, path: str, method: str) -> bool:
+        return self.target == target and self.method == method and path_matches(self.path, path)
+
+
+@dataclass
+class _Container:
+    type: str
+    key: str
+    secret: bytes | None = None
+    grants: list[_Grant] = field(default_factory=list)
+
+
+class FakeArbiter:
+    """An in-memory arbiter serving the Zest routes from a daemon thread.
+
+    Its methods change the same state as the ``/cm`` routes, so a test may set up either way.
+    Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        secret_key: str | None = EXAMPLE_SECRET_KEY,
+        cm_key: str = DEFAULT_CM_KEY,
+    ) -> None:
+        if secret_key is not None and len(secret_key) != 40:
+            raise ValueError("secret_key must be a 40-character Z85 CURVE secret key, or None")
+        self.endpoint = endpoint
+        self.secret_key = secret_key
+        self.cm_key = cm_key
+        self.bound: str | None = None  # the endpoint actually bound, while serving
+        self._containers: dict[str, _Container] = {}
+        self._lock = threading.Lock()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def public_key(self) -> str | None:
+        """The Z85 CURVE public key clients need (their ZMQ_PUBLIC_KEY); None when plain."""
+        if self.secret_key is None:
+            return None
+        return zmq.curve_public(self.secret_key.encode()).decode()
+
+    def register_container(self, name: str, arbiter_token: str, type: str = "app") -> None:
+        """Record a container and its arbiter token, dropping its grants (as upsert does)."""
+        with self._lock:
+            self._upsert({"name": name, "type": type, "key": arbiter_token})
+
+    def register_store(self, name: str, arbiter_token: str) -> bytes:
+        """Register a store; returns its new token secret, the bytes /store/secret sends."""
+        with self._lock:
+            self._upsert({"name": name, "type": "store", "key": arbiter_token})
+            return self._store_secret(name)
+
+    def grant(
+        self, name: str, target: str, path: str, method: str, caveats: CaveatList = ()
+    ) -> None:
+        """Let ``name`` get tokens for ``method path`` on ``target`` (caveats e.g.
+        ``[{"observe": "data"}]``); raises Unauthorized for an unregistered ``name``."""
+        route = {"target": target, "path": path, "method": method}
+        with self._lock:
+            self._grant({"name": name, "route": route, "caveats": [dict(c) for c in caveats]})
+
+    def handle(self, frame: bytes) -> bytes:
+        """Answer one Zest request frame; touches no socket and never raises."""
+        try:
+            request = zest.decode_request(frame)
+        except JobstoreError as exc:
+            return zest.encode_reply(Reply(400, error=exc.message), _UNDECODED)
+        try:
+            with self._lock:
+                payload, fmt = self._route(request)
+        except JobstoreError as exc:
+            log.info("%s %s: %d %s", request.method, request.path, exc.status, exc.message)
+            return zest.encode_reply(Reply(exc.status, error=exc.message), request)
+        except Exception:  # a bug here must not end the serving thread
+            log.exception("fake arbiter failed on %s %s", request.method, request.path)
+            return zest.encode_reply(Reply(500, error="fake arbiter internal error"), request)
+        return zest.encode_push(payload, fmt)  # code 69 + content format, as the arbiter answers
+
+    def _route(self, request: Request) -> tuple[bytes, int]:
+        is_cm = self._authenticate(request)
+        if request.observe is not None:
+            raise BadRequest("the fake arbiter serves no observations; send no observe option")
+        route = (request.method, request.path)
+        if route == ("GET", "/store/secret"):
+            return self._store_secret(request.host), zest.FORMAT_TEXT
+        if route == ("POST", "/token"):
+            return self._token(request.host, _json(request)).encode(), zest.FORMAT_TEXT
+        if route in (("POST", _UPSERT), ("POST", _GRANT)):
+            if not is_cm:
+                raise BadRequest(f"{request.path} is for the container manager: send its key")
+            if request.path == _UPSERT:
+                return self._upsert(_json(request)).encode(), zest.FORMAT_TEXT
+            return json.dumps(self._grant(_json(request))).encode(), zest.FORMAT_JSON
+        raise BadRequest(
+            f"the arbiter has no route {request.method} {request.path}; it serves "
+            f"GET /store/secret, POST /token, POST {_UPSERT} and POST {_GRANT}"
+        )
+
+    def _authenticate(self, request: Request) -> bool:
+        """True for the container manager, False for a registered container; else 129."""
+        token = (request.token or "").encode()
+        if hmac.compare_digest(token, self.cm_key.encode()):
+            return True
+        record = self._containers.get(request.host or "")
+        if record is not None and hmac.compare_digest(token, record.key.encode()):
+            return False
+        raise Unauthorized(
+            f"arbiter token not accepted for uri_host {request.host!r}: send the container's "
+            "ARBITER_TOKEN as the Zest token and the name it is registered under as uri_host"
+        )
+
+    def _store_secret(self, host: str | None) -> bytes:
+        record = self._containers.get(host or "")
+        if record is None:
+            raise Unauthorized(f"no container {host!r} is registered; send the store's name")
+        if record.secret is None:
+            raise Forbidden(f"{host!r} is registered as {record.type}; only stores get a secret")
+        return record.secret
+
+    def _token(self, host: str | None, body: dict[str, Any]) -> str:
+        caller = self._containers.get(host or "")
+        if caller is None:
+            raise Unauthorized(f"no container {host!r} is registered to ask for tokens")
+        target, path, method = (_text(body, key) for key in ("target", "path", "method"))
+        caveats, client = _caveats(body.get("caveats")), body.get("client")
+        if client is not None and not isinstance(client, str):
+            raise BadRequest(f"field 'client' must be a string, got {client!r:.60}")
+        store = self._containers.get(target)
+        if store is None or store.secret is None:
+            raise Unauthorized(f"target {target!r} is not a registered store")
+        grants = [g for g in caller.grants if g.covers(target, path, method)]
+        if not grants:
+            raise Unauthorized(f"{host!r} has no grant for {method} {path} on {target!r}")
+        if all(g.caveats != caveats for g in grants):
+            granted = " or ".join(json.dumps([dict([p]) for p in g.caveats]) for g in grants)
+            raise Unauthorized(
+                f"{host!r} may get tokens for {method} {path} on {target!r} only with caveats "
+                f"{granted}; a token without observe serves observe requests too"
+            )
+        lines = [f"path = {path}", f"method = {method}", f"target = {target}"]
+        lines += [f"{key} = {value}" for key, value in caveats]
+        if client is not None:
+            lines.append(f"client = {client}")
+        return auth.mint(store.secret, lines, location="", identifier="")
+
+    def _upsert(self, body: dict[str, Any]) -> str:
+        name, kind, key = (_text(body, k) for k in ("name", "type", "key"))
+        if kind not in CONTAINER_TYPES:
+            raise BadRequest(f"type must be one of {', '.join(CONTAINER_TYPES)}, got {kind!r:.40}")
+        secret = str(uuid.uuid4()).encode() if kind == "store" else None
+        self._containers[name] = _Container(kind, key, secret)
+        return name
+
+    def _grant(self, body: dict[str, Any]) -> list[dict[str, str]]:
+        name, route = _text(body, "name"), body.get("route")
+        if not isinstance(route, dict):
+            raise BadRequest('a grant needs "route": {"target": ..., "path": ..., "method": ...}')
+        target, path, method = (_text(route, key) for key in ("target", "path", "method"))
+        grant = _Grant(target, path, method, _caveats(body.get("caveats")))
+        record = self._containers.get(name)
+        if record is None:
+            raise Unauthorized(f"container {name!r} is not registered; upsert it first")
+        if grant not in record.grants:
+            record.grants.append(grant)
+        return [{"target": g.target, "path": g.path, "method": g.method} for g in record.grants]
+
+    def start(self) -> str:
+        """Bind and serve in a daemon thread; returns the bound endpoint (the port for ``:*``)."""
+        if self._thread is not None:
+            raise RuntimeError("this FakeArbiter is already serving")
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sock = ctx.socket(zmq.REP)
+        sock.linger = 0
+        if self.secret_key is not None:
+            sock.curve_secretkey = self.secret_key.encode()
+            sock.curve_publickey = zmq.curve_public(self.secret_key.encode())
+            sock.curve_server = True
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError:
+            ctx.destroy(linger=0)
+            raise
+        self.bound = bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._ctx = ctx
+        self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+        self._thread.start()
+        return bound
+
+    def _serve(self, sock: zmq.Socket[bytes]) -> None:
+        try:
+            while True:
+                frames = sock.recv_multipart()
+                if len(frames) == 1:
+                    sock.send(self.handle(frames[0]))
+                else:
+                    error = Reply(400, error=f"an arbiter request is one frame, not {len(frames)}")
+                    sock.send(zest.encode_reply(error, _UNDECODED))
+        except zmq.ContextTerminated:
+            pass  # stop() terminated the context
+        finally:
+            sock.close(linger=0)
+
+    def stop(self) -> None:
+        """Stop serving and join the thread; does nothing when not serving."""
+        if self._ctx is None or self._thread is None:
+            return
+        self._ctx.term()  # the serving thread's recv raises ContextTerminated, closing its socket
+        self._thread.join()
+        self._ctx = self._thread = self.bound = None
+
+    def __enter__(self) -> FakeArbiter:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _json(request: Request) -> dict[str, Any]:
+    body = request.body
+    if isinstance(body, (str, bytes)):  # databox clients send JSON as text (format 0) too
+        try:
+            body = json.loads(body)
+        except (ValueError, RecursionError):
+            raise BadRequest(f"{request.path}: the payload is not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"{request.path} wants a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"field {key!r} must be a non-empty string, got {value!r:.60}")
+    return value
+
+
+def _caveats(value: Any) -> Caveats:
+    """A JSON caveat list, ``[{"observe": "data"}]``, as pairs; missing or null is none."""
+    if value is None:
+        return ()
+    if isinstance(value, list) and all(isinstance(c, dict) for c in value):
+        pairs = tuple(pair for c in value for pair in c.items())
+        if all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+            return pairs
+    raise BadRequest(f'caveats must be a list of {{"key": "value"}} objects, not {value!r:.60}')
+
+
+def fetch_store_secret(
+    endpoint: str, server_key: str | None, arbiter_token: str, identity: str, timeout: float = 5.0
+) -> bytes:
+    """A store's start-up call (contract section 9): its token secret, the payload verbatim.
+
+    ``server_key`` is the arbiter's Z85 public key (ZMQ_PUBLIC_KEY); None or "" talks plain.
+    Raises Unauthorized on 129, RequestFailed on other refusals, and Unavailable when no reply
+    comes within ``timeout`` seconds.
+    """
+    frame = zest.encode_request(
+        "GET", "/store/secret", token=arbiter_token, host=identity, content_format=zest.FORMAT_TEXT
+    )
+    return _ask(endpoint, server_key, frame, timeout, f"GET /store/secret as {identity!r}")
+
+
+def request_token(
+    endpoint: str,
+    server_key: str | None,
+    arbiter_token: str,
+    *,
+    target: str,
+    path: str,
+    method: str,
+    observe: str | None = None,
+    client: str | None = None,
+    identity: str | None = None,
+    timeout: float = 5.0,
+) -> str:
+    """An app's or driver's call: a macaroon for ``method path`` on store ``target``.
+
+    ``identity`` (uri_host) is the caller's registered name, by default the hostname as the
+    databox client libraries send it. Raises as :func:`fetch_store_secret` does.
+    """
+    body: dict[str, Any] = {"target": target, "path": path, "method": method}
+    body["caveats"] = [{"observe": observe}] if observe else []
+    if client is not None:
+        body["client"] = client
+    host = identity or socket.gethostname()
+    payload = json.dumps(body).encode()
+    frame = zest.encode_request("POST", "/token", token=arbiter_token, host=host, body=payload)
+    what = f"POST /token for {method} {path} on {target!r}"
+    return _ask(endpoint, server_key, frame, timeout, what).decode("utf-8", "replace")
+
+
+def _ask(endpoint: str, server_key: str | None, frame: bytes, timeout: float, what: str) -> bytes:
+    """One request on a fresh REQ socket: the reply's payload, or the error it stands for."""
+    if server_key and len(server_key) != 40:
+        raise ValueError("the arbiter's public key must be 40 characters of Z85 (ZMQ_PUBLIC_KEY)")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.REQ)
+        sock.linger = 0
+        sock.sndtimeo = sock.rcvtimeo = max(1, int(timeout * 1000))
+        if server_key:
+            sock.curve_serverkey = server_key.encode()
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        try:
+            sock.connect(endpoint)
+            sock.send(frame)
+            reply = zest.decode_reply(sock.recv())
+        except zmq.Again:
+            raise Unavailable(
+                f"the arbiter at {endpoint} did not answer {what} within {timeout:g} s: check "
+                "DATABOX_ARBITER_ENDPOINT and that ZMQ_PUBLIC_KEY is its key (a wrong one is silent)"
+            ) from None
+        except zmq.ZMQError as exc:
+            raise Unavailable(f"cannot reach the arbiter at {endpoint!r}: {exc}") from None
+    finally:
+        ctx.destroy(linger=0)
+    if reply.code in (zest.CONTENT, zest.CREATED):
+        return reply.payload
+    detail = reply.payload.decode("utf-8", "replace") or "no reason given"
+    if reply.code == zest.UNAUTHORIZED:
+        raise Unauthorized(f"the arbiter refused {what}: {detail}; check ARBITER_TOKEN")
+    status = (reply.code >> 5) * 100 + (reply.code & 0x1F)  # CoAP c.dd is HTTP-style cdd
+    raise RequestFailed(status, f"the arbiter answered {what} with {reply.code}: {detail}")
+
+
+def add_cli(subparsers: Any) -> None:
+    """Add the ``fake-arbiter`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "fake-arbiter",
+        help="run a fake Databox arbiter (development only)",
+        description="Serve the Databox arbiter's Zest routes from memory until SIGINT or SIGTERM.",
+        epilog="example: jobstore fake-arbiter --store jobs=TOKEN1 --container app1=TOKEN2 "
+        "--grant 'app1:jobs:POST:/sensor-jobs/*' --grant 'app1:jobs:GET:/sensor-jobs/*'",
+    )
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"bind here ({DEFAULT_ENDPOINT})")
+    p.add_argument("--secret-key-file", help="Z85 CURVE secret key (default: zestdb's example)")
+    p.add_argument("--store", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--container", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--grant", action="append", default=[], metavar="NAME:TARGET:METHOD:PATH")
+    p.set_defaults(func=run_cli)
+
+
+def _pair(spec: str, flag: str) -> tuple[str, str]:
+    name, _, token = spec.partition("=")
+    if not name or not token:
+        raise SystemExit(f"jobstore: {flag} wants NAME=ARBITER_TOKEN, got {spec!r}")
+    return name, token
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """The ``fake-arbiter`` command: set up from the flags, serve until SIGINT or SIGTERM."""
+    key = EXAMPLE_SECRET_KEY
+    if args.secret_key_file:
+        try:
+            key = Path(args.secret_key_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"jobstore: cannot read {args.secret_key_file}: {exc}") from None
+    else:
+        log.warning("CURVE with zestdb's published example key pair: development only")
+    if len(key) != 40:
+        raise SystemExit("jobstore: the CURVE secret key must be 40 characters of Z85")
+    arbiter = FakeArbiter(args.endpoint, secret_key=key)
+    for name, token in (_pair(spec, "--store") for spec in args.store):
+        secret = arbiter.register_store(name, token).decode()
+        log.info("store %s: token secret %s (served as GET /store/secret)", name, secret)
+    for spec in args.container:
+        arbiter.register_container(*_pair(spec, "--container"))
+    for spec in args.grant:
+        parts = spec.split(":", 3)
+        if len(parts) != 4 or not all(parts):
+            raise SystemExit(f"jobstore: --grant wants NAME:TARGET:METHOD:PATH, got {spec!r}")
+        try:
+            arbiter.grant(parts[0], parts[1], parts[3], parts[2].upper())
+        except JobstoreError as exc:
+            raise SystemExit(f"jobstore: --grant {spec}: {exc.message}") from None
+    stopping = threading.Event()
+    previous = [(s, signal.signal(s, lambda *_: stopping.set())) for s in _SIGNALS]
+    try:
+        log.info("fake arbiter on %s, public key %s", arbiter.start(), arbiter.public_key)
+        log.info("container manager key %r", arbiter.cm_key)
+        stopping.wait()
+    finally:
+        arbiter.stop()
+        for sig, handler in previous:
+            signal.signal(sig, handler)
+    return 0
