@@ -225,3 +225,52 @@ def test_a_token_from_another_store_does_not_work(tmp_path: Path, arbiter: FakeA
                 )  # no CURVE
     finally:
         stop(proc)
+
+
+def test_the_command_line_gets_its_tokens_from_the_arbiter(
+    tmp_path: Path, arbiter: FakeArbiter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobstore.cli import main
+
+    proc, endpoints = start_entrypoint(tmp_path, arbiter, write_secrets(tmp_path / "secrets"))
+    try:
+        wait_until_serving(proc)
+        common = ["--endpoint", endpoints["request"], "--server-key", EXAMPLE_PUBLIC_KEY]
+        common += [
+            "--arbiter",
+            arbiter.bound or "",
+            "--arbiter-key",
+            EXAMPLE_PUBLIC_KEY,
+            "--target",
+            STORE,
+        ]
+        app = [*common, "--client", APP, "--arbiter-token", APP_KEY, "--as", APP]
+        assert main(["submit", "sensor-jobs", "21", "--job", "cli-1", *app]) == 0
+        driver = [*common, "--arbiter-token", DRIVER_KEY, "--as", DRIVER]
+        assert (
+            main(["work", "sensor-jobs", "--max-jobs", "1", "--call", "operator:neg", *driver]) == 0
+        )
+        capsys.readouterr()
+        assert main(["status", "sensor-jobs", "cli-1", *app]) == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["status"] == "failed"  # operator.neg gets a JobContext, not a number
+        assert (
+            main(
+                [
+                    "status",
+                    "sensor-jobs",
+                    "cli-1",
+                    *common,
+                    "--client",
+                    APP,
+                    "--arbiter-token",
+                    "bad",
+                    "--as",
+                    APP,
+                ]
+            )
+            == 1
+        )
+        assert "ARBITER_TOKEN" in capsys.readouterr().err
+    finally:
+        stop(proc)

@@ -17,11 +17,12 @@ import zmq
 
 from . import __version__
 from .arbiter import add_cli as add_fake_arbiter
-from .client import Driver, JobClient, JobContext
+from .client import Driver, JobClient, JobContext, Token
 from .databox import (
     DEFAULT_ARBITER,
     DEFAULT_DATA_DIR,
     DEFAULT_SECRETS_DIR,
+    ArbiterTokens,
     read_secrets,
     token_secret,
 )
@@ -160,6 +161,28 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     p.add_argument("--token", default=_env("TOKEN"), help="macaroon (JOBSTORE_TOKEN)")
     p.add_argument("--server-key", default=_env("SERVER_KEY"), help="store's CURVE public key, Z85")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply")
+    databox = p.add_argument_group(
+        "tokens from a Databox arbiter (instead of --token)",
+        "With --arbiter, a token per method is asked of the arbiter, for /DSID/* (an app) or "
+        "/* (a driver, work), naming --target as the store.",
+    )
+    databox.add_argument(
+        "--arbiter",
+        default=os.environ.get("DATABOX_ARBITER_ENDPOINT"),
+        help="DATABOX_ARBITER_ENDPOINT",
+    )
+    databox.add_argument(
+        "--arbiter-token", default=_env("ARBITER_TOKEN"), help="this container's ARBITER_TOKEN"
+    )
+    databox.add_argument(
+        "--arbiter-key", default=_env("ARBITER_KEY"), help="the arbiter's CURVE public key"
+    )
+    databox.add_argument(
+        "--target", default=_env("TARGET"), help="the store's name (DATABOX_LOCAL_NAME)"
+    )
+    databox.add_argument(
+        "--as", dest="identity", help="this container's name (default: the hostname)"
+    )
     if client:
         p.add_argument(
             "--client",
@@ -168,12 +191,30 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
         )
 
 
+def _token(args: argparse.Namespace, path: str, client: str | None = None) -> Token:
+    if not args.arbiter:
+        return args.token  # type: ignore[no-any-return]
+    if not (args.arbiter_token and args.target):
+        raise ConfigError(
+            "--arbiter needs --arbiter-token (this container's) and --target (the store)"
+        )
+    return ArbiterTokens(
+        args.arbiter,
+        args.arbiter_key,
+        args.arbiter_token,
+        target=args.target,
+        path=path,
+        client=client,
+        identity=args.identity,
+    )
+
+
 def _job_client(args: argparse.Namespace) -> JobClient:
     return JobClient(
         args.endpoint,
         args.dsid,
         args.client,
-        args.token,
+        _token(args, f"/{args.dsid}/*", args.client),
         server_key=args.server_key,
         timeout=args.timeout,
     )
@@ -213,9 +254,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_work(args: argparse.Namespace) -> int:
     handler = _command_handler(args.exec) if args.exec else _callable(args.call)
+    token = _token(args, "/*")
     with Driver(
-        args.endpoint, args.dsid, args.token, server_key=args.server_key, timeout=args.timeout
+        args.endpoint, args.dsid, token, server_key=args.server_key, timeout=args.timeout
     ) as driver:
+        if args.register:
+            driver.register(args.register)
+            log.info("registered %s in the store's hypercat catalogue", args.dsid)
         log.info("working on %s at %s", args.dsid, args.endpoint)
         done = driver.run(handler, lease=args.lease, max_jobs=args.max_jobs)
     log.info("ran %d job(s)", done)
@@ -333,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--lease", type=int, default=30_000, help="lease in ms, renewed while a job runs"
     )
     p.add_argument("--max-jobs", type=int, help="stop after this many jobs")
+    p.add_argument(
+        "--register",
+        metavar="DESCRIPTION",
+        help="first add the datasource to the store's hypercat catalogue",
+    )
     p.set_defaults(func=cmd_work)
 
     p = sub.add_parser(
