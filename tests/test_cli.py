@@ -107,3 +107,36 @@ def test_serve_logs_what_it_serves_and_exits_0_on_sigterm(tmp_path: Path) -> Non
         proc.kill()
     assert (tmp_path / "data" / "data.mdb").exists()
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o700
+
+
+def test_keygen_writes_a_key_pair_a_curve_store_serves_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start_store: Any
+) -> None:
+    from jobstore.client import JobClient
+
+    assert main(["keygen", "--out", str(tmp_path / "store.key")]) == 0
+    public = capsys.readouterr().out.strip()
+    secret = (tmp_path / "store.key").read_bytes().strip()
+    assert (tmp_path / "store.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "store.key.pub").read_text().strip() == public and len(secret) == 40
+    store = start_store(secret_key=secret)
+    with JobClient(store.endpoint, "ds", "c", server_key=public) as app:
+        assert app.submit(1)["status"] == "submitted"
+
+
+def test_mint_makes_a_token_the_store_accepts_for_exactly_its_caveats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], start_store: Any
+) -> None:
+    from jobstore.auth import Authoriser
+    from jobstore.client import JobClient
+    from jobstore.errors import RequestFailed
+
+    (tmp_path / "token.key").write_text("dev-secret\n")
+    argv = ["mint", "--token-key-file", str(tmp_path / "token.key"), "--target", "me"]
+    assert main([*argv, "--path", "/ds/*", "--method", "post", "--client", "c"]) == 0
+    token = capsys.readouterr().out.strip()
+    store = start_store(auth=Authoriser(b"dev-secret", "me"))
+    with JobClient(store.endpoint, "ds", "c", token) as app:
+        assert app.submit(1)["status"] == "submitted"
+        with pytest.raises(RequestFailed, match="method = POST"):
+            app.jobs().__next__()

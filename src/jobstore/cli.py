@@ -29,7 +29,7 @@ from .databox import (
 from .errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
 from .service import Limits, Service
-from .storage import DEFAULT_MAP_SIZE, Storage
+from .storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
 
 log = logging.getLogger("jobstore")
 
@@ -82,7 +82,37 @@ def _add_serve(sub: Any) -> None:
         default=int(_env("MAX_ATTEMPTS", 5)),
         help="lease expiries before failed",
     )
-    p.add_argument("--map-size", type=int, default=int(_env("MAP_SIZE", DEFAULT_MAP_SIZE)))
+    limits, server = p.add_argument_group("limits (docs/operations.md)"), ServerConfig()
+    defaults = Limits()
+    for flag, default, text in (
+        ("map-size", DEFAULT_MAP_SIZE, "initial LMDB map size, bytes"),
+        (
+            "max-map-size",
+            DEFAULT_MAX_MAP_SIZE,
+            "the map grows up to this; new jobs get 507 near it",
+        ),
+        ("max-frame", server.max_frame, "largest request frame, bytes (413 above)"),
+        (
+            "max-inflight",
+            server.max_inflight_per_peer,
+            "requests in flight per peer (429 above)",
+        ),
+        (
+            "max-active-per-client",
+            defaults.max_active_per_client,
+            "unfinished jobs per client (429)",
+        ),
+        (
+            "max-active-per-datasource",
+            defaults.max_active_per_datasource,
+            "unfinished jobs per datasource",
+        ),
+        ("retention", defaults.retention_ms, "ms a finished job is kept before it is purged"),
+    ):
+        env = flag.upper().replace("-", "_")
+        limits.add_argument(
+            f"--{flag}", type=int, default=int(_env(env, default)), help=f"{text} ({default})"
+        )
     p.add_argument(
         "--databox",
         action="store_true",
@@ -128,13 +158,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .auth import Authoriser
 
         auth = Authoriser(token_key, args.identity)
-    storage = Storage(args.data_dir, map_size=args.map_size)
-    limits = Limits(lease_ms=args.lease, max_attempts=args.max_attempts)
+    storage = Storage(args.data_dir, map_size=args.map_size, max_map_size=args.max_map_size)
+    limits = Limits(
+        lease_ms=args.lease,
+        max_attempts=args.max_attempts,
+        max_active_per_client=args.max_active_per_client,
+        max_active_per_datasource=args.max_active_per_datasource,
+        retention_ms=args.retention,
+    )
     config = ServerConfig(
         request_endpoint=args.request_endpoint,
         observe_endpoint=args.observe_endpoint,
         notify_endpoint=args.notify_endpoint,
         secret_key=secret_key,
+        max_frame=args.max_frame,
+        max_inflight_per_peer=args.max_inflight,
     )
     server = Server(Service(storage, auth, limits), config)
     server.install_signal_handlers()
