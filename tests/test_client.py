@@ -30,7 +30,7 @@ def run_driver_in_thread(
 
 
 def wait_for(client: JobClient, job: str, *statuses: str) -> dict[str, Any]:
-    with client.watch() as watch:
+    with client.watch(timeout=10) as watch:
         for record in watch:
             if record["job"] == job and record["status"] in statuses:
                 return record
@@ -70,7 +70,7 @@ def test_jobs_iterates_every_page(store: RunningStore) -> None:
 def test_watch_catches_up_then_follows_live_changes(store: RunningStore) -> None:
     with store.client() as app, store.driver() as driver:
         app.submit("early", job="early")
-        watch = app.watch()
+        watch = app.watch(timeout=10)
         assert next(watch)["job"] == "early"
         app.submit("late", job="late")
         assert next(watch)["job"] == "late"
@@ -83,7 +83,7 @@ def test_watch_catches_up_then_follows_live_changes(store: RunningStore) -> None
 
 def test_watch_sees_every_final_status_in_order_of_seq(store: RunningStore) -> None:
     with store.client() as app, store.driver() as driver:
-        watch = app.watch()
+        watch = app.watch(timeout=10)
         for i in range(30):
             app.submit(i, job=f"j{i}")
         for job in driver.take(30):
@@ -102,7 +102,7 @@ def test_watch_sees_every_final_status_in_order_of_seq(store: RunningStore) -> N
 
 def test_watch_does_not_show_other_clients_jobs(store: RunningStore) -> None:
     with store.client("alice") as alice, store.client("bob") as bob:
-        watch = alice.watch()
+        watch = alice.watch(timeout=10)
         bob.submit("bob's", job="b1")
         alice.submit("alice's", job="a1")
         assert next(watch)["job"] == "a1"
@@ -116,7 +116,7 @@ def test_watch_misses_nothing_across_a_store_restart(start_store: Any) -> None:
         "notify_endpoint": first.notify_endpoint,
     }
     with first.client() as app:
-        watch = app.watch(idle=0.1)
+        watch = app.watch(idle=0.1, timeout=10)
         app.submit(1, job="before")
         assert next(watch)["job"] == "before"
         first.stop()
@@ -169,10 +169,19 @@ def test_driver_run_reports_what_the_handler_signals(
     try:
         with store.client() as app:
             job = app.submit("x")["job"]
-            wait_for(app, job, status)
+            # A retried job is taken again at once and completes: its history shows the retry.
+            record = wait_for(app, job, "forbidden", "complete")
+        assert status in [entry["status"] for entry in record["history"]]
+        if status == "forbidden":
+            assert record["response"] == {"error": "ForbidJob: not now"}
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_watch_with_a_timeout_ends_when_nothing_changes(store: RunningStore) -> None:
+    with store.client() as app, app.watch(timeout=0.3) as watch, pytest.raises(Timeout):
+        next(watch)
 
 
 def test_driver_run_renews_the_lease_and_passes_on_a_cancel(store: RunningStore) -> None:
@@ -209,7 +218,7 @@ def test_driver_run_renews_the_lease_and_passes_on_a_cancel(store: RunningStore)
 
 def test_driver_lists_and_watches_every_client(store: RunningStore) -> None:
     with store.client("a") as a, store.client("b") as b, store.driver() as driver:
-        watch = driver.watch()
+        watch = driver.watch(timeout=10)
         a.submit(1, job="ja")
         b.submit(2, job="jb")
         assert {next(watch)["job"], next(watch)["job"]} == {"ja", "jb"}

@@ -66,7 +66,7 @@ def test_a_curve_client_with_a_token_runs_a_job_end_to_end(secured: RunningStore
         JobClient(secured.endpoint, "ds", "app1", app_token(), **kw) as app,
         Driver(secured.endpoint, "ds", token("path = /server/ds/*"), **kw) as driver,
     ):
-        watch = app.watch()
+        watch = app.watch(timeout=10)
         job = app.submit({"q": 1})["job"]
         assert next(watch)["status"] == "submitted"
         [taken] = driver.take()
@@ -268,6 +268,7 @@ def test_the_databox_python_client_submits_reads_and_observes_a_job(secured: Run
     client = PyZestClient(
         PUBLIC_KEY.decode(), secured.endpoint, secured.server.endpoints["observe"]
     )
+    client.socket.rcvtimeo = 10_000  # a lost reply fails the test instead of hanging it
     tok = app_token().encode()
     created = client.post(
         "/ds/job/", json.dumps({"job": "pz1", "client": "app1", "request": {"n": 1}}), "JSON", tok

@@ -115,7 +115,7 @@ def test_a_job_runs_from_app_to_driver_and_back_in_databox_mode(
             ) as driver,
         ):
             driver.register("Sensor reading jobs")
-            with app.watch() as watch:
+            with app.watch(timeout=10) as watch:
                 job = app.submit({"read": "temperature"})["job"]
                 [taken] = driver.take()
                 driver.complete(taken["job"], {"celsius": 21.5})

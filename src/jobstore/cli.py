@@ -359,6 +359,33 @@ def cmd_mint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .check import check
+
+    count, problems = check(args.data_dir)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"{len(problems)} problem(s) in {count} record(s) in {args.data_dir}")
+        return EXIT_FAILED
+    print(f"ok: {count} record(s) in {args.data_dir}, every index and counter agrees")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    if not (Path(args.data_dir) / "data.mdb").exists():
+        raise ConfigError(f"no jobstore data in {args.data_dir}")
+    storage = Storage(args.data_dir, readonly=True)
+    try:
+        storage.backup(args.destination)
+    except FileExistsError:
+        raise ConfigError(f"{args.destination} exists: back up into a new directory") from None
+    finally:
+        storage.close()
+    print(f"backed up {args.data_dir} to {args.destination}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobstore", description="A Databox store for a queue of jobs (asynchronous RPC)."
@@ -447,6 +474,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", help="add a client caveat")
     p.add_argument("--observe", action="store_true", help="add observe = data (observe, subscribe)")
     p.set_defaults(func=cmd_mint)
+
+    p = sub.add_parser(
+        "check",
+        help="verify a data directory",
+        description="Check offline (or beside a running store) that every index entry points at a "
+        "record that agrees with it, every record is indexed once, seq values are unique and below "
+        "the counter, and the unfinished-job counts are right. Exit status 1 names each problem.",
+        epilog="example: jobstore check ./var",
+    )
+    p.add_argument("data_dir", help="the store's data directory")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "backup",
+        help="copy a data directory consistently, even while it is served",
+        epilog="example: jobstore backup ./var ./backup-2026-11-28",
+    )
+    p.add_argument("data_dir", help="the store's data directory")
+    p.add_argument("destination", help="a new directory for the copy")
+    p.set_defaults(func=cmd_backup)
 
     add_fake_arbiter(sub)
     return parser

@@ -162,14 +162,14 @@ class JobClient:
             page, cursor = self.page(cursor)
             yield from page
 
-    def watch(self, since: int = 0, *, idle: float = 1.0) -> Watch:
-        """Every change to this client's jobs after ``since``, then live changes, forever.
+    def watch(self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None) -> Watch:
+        """Every change to this client's jobs after ``since``, then live changes.
 
         Subscribes to the client's sealed topic at once; see :class:`Watch`.
         """
         endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
         subscribe = (f"/sub/{self.dsid}/job", {"client": self.client})
-        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle)
+        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
 
 
 class Watch:
@@ -179,8 +179,10 @@ class Watch:
     ``next``), and lists with ``since`` on start, on a gap in ``prev``, on
     (re)connection, and when the topic has been quiet for ``idle`` seconds while
     the store's seq for it moved on. Catching up yields each job's latest record,
-    so intermediate states of a job may be skipped, but never its last one.
-    Close it (or use ``with``) to release its sockets.
+    so intermediate states of a job may be skipped (its ``history`` lists them), but
+    never its last one. With ``timeout``, ``next`` raises Timeout (and the watch
+    ends) when no change arrives for that many seconds. Close it (or use ``with``)
+    to release its sockets.
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class Watch:
         catch_up: Callable[[int], Iterator[Record]],
         since: int,
         idle: float,
+        timeout: float | None = None,
     ) -> None:
         self._conn, self._subscribe, self._catch_up, self.last, self._idle = (
             conn,
@@ -199,6 +202,7 @@ class Watch:
             since,
             idle,
         )
+        self._timeout = timeout
         info = conn.call("POST", *subscribe)
         self._key: bytes = info["key"]
         self._sub = conn.new_socket(zmq.SUB)
@@ -234,14 +238,21 @@ class Watch:
         poller.register(self._sub, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         stale = True  # catch up before trusting the live stream
+        quiet_since = time.monotonic()
         while True:
             if stale:
                 for record in self._catch_up(self.last):
                     if record["seq"] > self.last:
                         self.last = record["seq"]
                         yield record
+                        quiet_since = time.monotonic()
                 stale = False
-            events = dict(poller.poll(int(self._idle * 1000)))
+            wait = self._idle
+            if self._timeout is not None:
+                wait = min(wait, quiet_since + self._timeout - time.monotonic())
+                if wait <= 0:
+                    raise Timeout(f"no change to watch within {self._timeout:g} s")
+            events = dict(poller.poll(max(1, int(wait * 1000))))
             if self._monitor in events:
                 self._monitor.recv_multipart()
                 stale = True
@@ -256,6 +267,7 @@ class Watch:
                     continue
                 self.last = record["seq"]
                 yield record
+                quiet_since = time.monotonic()
             elif not events:
                 stale = self._conn.call("POST", *self._subscribe)["seq"] != self.last
 
@@ -391,10 +403,11 @@ class Driver:
             yield from reply["jobs"]
             cursor = reply["next"]
 
-    def watch(self, since: int = 0, *, idle: float = 1.0) -> Watch:
+    def watch(self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None) -> Watch:
         """Every change in the datasource after ``since``, then live changes (see :class:`Watch`)."""
         endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        return Watch(self.conn, endpoint, (f"/sub{self._base}", {}), self.jobs, since, idle)
+        subscribe: tuple[str, dict[str, Any]] = (f"/sub{self._base}", {})
+        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
 
     def run(
         self,

@@ -54,7 +54,7 @@ def _name(*parts: str) -> bytes:
     return "\0".join(parts).encode() + b"\0"
 
 
-def _count_key(*parts: str) -> bytes:
+def count_key(*parts: str) -> bytes:
     return b"n:" + _name(*parts)
 
 
@@ -84,10 +84,14 @@ class Storage:
         path: str | os.PathLike[str],
         map_size: int = DEFAULT_MAP_SIZE,
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        *,
+        readonly: bool = False,
     ) -> None:
+        """Open (creating, mode 0700, unless ``readonly``) the data directory at ``path``."""
         self.path = Path(path)
-        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path.chmod(0o700)
+        if not readonly:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.path.chmod(0o700)
         self.max_map_size = max(max_map_size, 1 << 16)
         self.env = lmdb.open(
             str(self.path),
@@ -96,15 +100,25 @@ class Storage:
             sync=True,
             metasync=True,
             lock=True,
+            readonly=readonly,
         )
         self.dbs = {
-            name: self.env.open_db(name.encode())
+            name: self.env.open_db(name.encode(), create=not readonly)
             for name in ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
         }
+        if readonly:
+            with self.read() as txn:
+                self.secret = txn.meta(SECRET_KEY) or b""
+            return
         with self.write() as txn:
             if txn.meta(SECRET_KEY) is None:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
+
+    def backup(self, destination: str | os.PathLike[str]) -> None:
+        """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
+        Path(destination).mkdir(mode=0o700, parents=True)
+        self.env.copy(str(destination), compact=True)
 
     def close(self) -> None:
         self.env.close()
@@ -219,13 +233,13 @@ class Txn:
             self._count(job, -1)
 
     def _count(self, job: Job, delta: int) -> None:
-        for key in (_count_key(job.dsid), _count_key(job.dsid, job.client)):
+        for key in (count_key(job.dsid), count_key(job.dsid, job.client)):
             raw = self.meta(key)
             self.set_meta(key, u64((0 if raw is None else int.from_bytes(raw, "big")) + delta))
 
     def active(self, dsid: str, client: str | None = None) -> int:
         """How many jobs of a datasource (or of one client in it) are not yet terminal."""
-        raw = self.meta(_count_key(dsid) if client is None else _count_key(dsid, client))
+        raw = self.meta(count_key(dsid) if client is None else count_key(dsid, client))
         return 0 if raw is None else int.from_bytes(raw, "big")
 
     def ended_before(self, when: int, limit: int) -> list[Job]:

@@ -1,0 +1,80 @@
+"""``jobstore check``: verify a data directory's records, indexes and counters agree."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from . import records
+from .errors import ConfigError
+from .storage import EMPTY_VALUED, SEQ_KEY, Storage, Txn, count_key, index_keys
+
+
+def check(path: str | Path) -> tuple[int, list[str]]:
+    """Return (records checked, problems found); an empty problem list means the directory is sound."""
+    if not (Path(path) / "data.mdb").exists():
+        raise ConfigError(f"no jobstore data in {path}: expected {Path(path) / 'data.mdb'}")
+    storage = Storage(path, readonly=True)
+    try:
+        with storage.read() as txn:
+            return _check(txn)
+    finally:
+        storage.close()
+
+
+def _check(txn: Txn) -> tuple[int, list[str]]:
+    problems: list[str] = []
+    counter = txn.seq()
+    expected: dict[str, dict[bytes, bytes]] = {
+        db: {} for db in ("queue", "clients", "changes", "leases", "done")
+    }
+    seqs: Counter[int] = Counter()
+    active: Counter[bytes] = Counter()
+    count = 0
+    for key, value in txn.txn.cursor(db=txn.db["jobs"]):
+        count += 1
+        try:
+            job = records.load(bytes(value))
+        except Exception as exc:
+            problems.append(f"record {bytes(key)!r} does not decode: {exc}")
+            continue
+        if bytes(key) != f"{job.dsid}\0{job.job}\0".encode():
+            problems.append(
+                f"record {bytes(key)!r} is stored under the wrong key for {job.dsid}/{job.job}"
+            )
+        seqs[job.seq] += 1
+        if job.seq > counter:
+            problems.append(
+                f"job {job.dsid}/{job.job} has seq {job.seq} above the store counter {counter}"
+            )
+        if not job.status.terminal:
+            active[count_key(job.dsid)] += 1
+            active[count_key(job.dsid, job.client)] += 1
+        for db, index_key in index_keys(job).items():
+            expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
+    problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
+    for db, wanted in expected.items():
+        found = {bytes(k): bytes(v) for k, v in txn.txn.cursor(db=txn.db[db])}
+        for index_key, value in wanted.items():
+            if found.get(index_key) != value:
+                problems.append(f"{db} index lacks the entry {index_key!r} of its record")
+        problems += [
+            f"{db} index entry {k!r} points at no record that owns it"
+            for k in found.keys() - wanted.keys()
+        ]
+    for key, value in txn.txn.cursor(db=txn.db["meta"]):
+        key = bytes(key)
+        if key.startswith(b"n:") and int.from_bytes(value, "big") != active.pop(key, 0):
+            problems.append(
+                f"active count {key!r} is {int.from_bytes(value, 'big')}, records say otherwise"
+            )
+        elif key.startswith(b"t:") and int.from_bytes(value, "big") > counter:
+            problems.append(
+                f"topic {key[2:]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
+            )
+    problems += [
+        f"active count {key!r} is missing ({n} unfinished jobs)" for key, n in active.items() if n
+    ]
+    if txn.meta(SEQ_KEY) is None and count:
+        problems.append("records exist but the seq counter is missing")
+    return count, problems

@@ -1,0 +1,91 @@
+"""jobstore check and jobstore backup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobstore.check import check
+from jobstore.cli import EXIT_FAILED, main
+from jobstore.protocol import Request
+from jobstore.service import Service
+from jobstore.storage import Storage, count_key, u64
+
+from .conftest import StoreFactory
+
+
+def populate(path: Path) -> Storage:
+    storage = Storage(path)
+    service = Service(storage)
+    for i in range(6):
+        service.handle(
+            Request("POST", "/ds/job/", body={"job": f"j{i}", "client": f"c{i % 2}"}), 1000 + i
+        )
+    service.handle(Request("POST", "/server/ds/job/take", body={"max": 2}), 2000)
+    service.handle(
+        Request("POST", "/server/ds/job/status", body={"job": "j0", "status": "complete"}), 2001
+    )
+    service.handle(Request("POST", "/ds/job/cancel", body={"job": "j5", "client": "c1"}), 2002)
+    return storage
+
+
+def test_a_sound_directory_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    populate(tmp_path / "data").close()
+    assert check(tmp_path / "data") == (6, [])
+    assert main(["check", str(tmp_path / "data")]) == 0
+    assert "ok: 6 record(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda t, db: t.delete(b"ds\0" + u64(3), db=db["queue"]), "queue index lacks"),
+        (
+            lambda t, db: t.put(b"ds\0c9\0" + u64(99), b"j9", db=db["clients"]),
+            "points at no record",
+        ),
+        (lambda t, db: t.put(count_key("ds"), u64(42), db=db["meta"]), "active count"),
+        (lambda t, db: t.put(b"seq", u64(1), db=db["meta"]), "above the store counter"),
+        (lambda t, db: t.delete(b"ds\0j3\0", db=db["jobs"]), "points at no record"),
+    ],
+)
+def test_damage_is_found_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object, fragment: str
+) -> None:
+    storage = populate(tmp_path / "data")
+    with storage.env.begin(write=True) as txn:
+        damage(txn, storage.dbs)  # type: ignore[operator]
+    storage.close()
+    assert main(["check", str(tmp_path / "data")]) == EXIT_FAILED
+    assert fragment in capsys.readouterr().out
+
+
+def test_check_refuses_a_directory_without_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", str(tmp_path)]) == 2
+    assert "no jobstore data" in capsys.readouterr().err
+
+
+def test_backup_while_serving_is_a_consistent_copy(
+    tmp_path: Path, start_store: StoreFactory
+) -> None:
+    store = start_store()
+    with store.client() as app:
+        for i in range(20):
+            app.submit(i, job=f"j{i}")
+        # Another process, as an operator's backup would be (LMDB allows one open per process).
+        done = backup(store.data_dir, tmp_path / "copy")
+        assert done.returncode == 0, done.stderr
+        app.submit(20, job="after")
+    assert check(tmp_path / "copy") == (20, [])
+    again = backup(store.data_dir, tmp_path / "copy")
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def backup(data: Path, destination: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "jobstore", "backup", str(data), str(destination)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
