@@ -96,3 +96,13 @@ def recv(sock: zmq.Socket[Any], timeout_ms: int = TIMEOUT_MS) -> list[bytes]:
     assert sock.poll(timeout_ms), f"no message within {timeout_ms} ms"
     frames: list[bytes] = sock.recv_multipart()
     return frames
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--crash-rounds", type=int, default=20, help="SIGKILL rounds in test_crash.py")
+
+
+@pytest.fixture
+def crash_rounds(request: pytest.FixtureRequest) -> int:
+    rounds: int = request.config.getoption("--crash-rounds")
+    return rounds
