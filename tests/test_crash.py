@@ -5,6 +5,7 @@ The short form runs in `make test`; `pytest tests/test_crash.py --crash-rounds 5
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -67,33 +68,42 @@ class Ledger:
         self.completed: dict[str, Any] = {}  # job -> response, acknowledged
 
 
-def workload(store: Store, ledger: Ledger, stop: threading.Event, seed: int) -> None:
+def workload(
+    store: Store, ledger: Ledger, stop: threading.Event, gate: threading.Lock, seed: int
+) -> None:
+    """Submit, cancel, take and complete until ``stop``, one round at a time under ``gate``."""
     rng = random.Random(seed)
-    n = 0
     with (
         JobClient(store.endpoint, "ds", "c", timeout=0.3) as app,
         Driver(store.endpoint, "ds", timeout=0.3) as driver,
     ):
-        while not stop.is_set():
-            n += 1
-            job = f"job-{seed}-{n}"
-            try:
-                app.submit(n, job=job)
-                ledger.submitted[job] = n
-            except ClientError:
-                ledger.maybe_submitted[job] = n
-                continue
-            try:
-                if rng.random() < 0.25:
-                    app.cancel(job)
-                    ledger.cancelled.add(job)
-                for taken in driver.take(2, lease=60_000):
-                    driver.complete(taken["job"], {"double": taken["request"] * 2})
-                    ledger.completed[taken["job"]] = {"double": taken["request"] * 2}
-            except RequestFailed as exc:
-                assert exc.status == 409, exc  # a retried complete after a crash may find it done
-            except ClientError:
-                pass  # unanswered: the store was down; whatever it did is checked below
+        for n in itertools.count(1):
+            if stop.is_set():
+                return
+            with gate:
+                one_round(app, driver, ledger, rng.random() < 0.25, f"job-{seed}-{n}", n)
+
+
+def one_round(
+    app: JobClient, driver: Driver, ledger: Ledger, cancel: bool, job: str, n: int
+) -> None:
+    try:
+        app.submit(n, job=job)
+        ledger.submitted[job] = n
+    except ClientError:
+        ledger.maybe_submitted[job] = n
+        return
+    try:
+        if cancel:
+            app.cancel(job)
+            ledger.cancelled.add(job)
+        for taken in driver.take(2, lease=60_000):
+            driver.complete(taken["job"], {"double": taken["request"] * 2})
+            ledger.completed[taken["job"]] = {"double": taken["request"] * 2}
+    except RequestFailed as exc:
+        assert exc.status == 409, exc  # a retried complete after a crash may find it done
+    except ClientError:
+        pass  # unanswered: the store was down; whatever it did is checked by verify
 
 
 def verify(store: Store, ledger: Ledger) -> None:
@@ -126,9 +136,9 @@ def test_acknowledged_changes_survive_sigkill(tmp_path: Path, crash_rounds: int)
     ledger = Ledger()
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
     store.start()
-    stop = threading.Event()
+    stop, gate = threading.Event(), threading.Lock()
     worker = threading.Thread(
-        target=workload, args=(store, ledger, stop, rng.randrange(1 << 30)), daemon=True
+        target=workload, args=(store, ledger, stop, gate, rng.randrange(1 << 30)), daemon=True
     )
     worker.start()
     try:
@@ -137,7 +147,8 @@ def test_acknowledged_changes_survive_sigkill(tmp_path: Path, crash_rounds: int)
             store.kill()
             assert check(store.data)[1] == []
             store.start()
-            verify(store, ledger)
+            with gate:  # the workload pauses: a listing is a snapshot only while nothing changes
+                verify(store, ledger)
     finally:
         stop.set()
         worker.join(10)

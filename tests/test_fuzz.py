@@ -1,0 +1,199 @@
+"""Random and mutated requests, through both codecs, into the service: invariants hold."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobstore.errors import ProtocolError
+from jobstore.protocol import Request, cbor, zest
+from jobstore.service import Limits, Service
+from jobstore.states import TERMINAL, TRANSITIONS, Status
+from jobstore.storage import Storage
+
+NAMES = st.sampled_from(["j1", "j2", "j3", "c1", "c2", "ds", "d2", "", "a b", "x" * 130, "server"])
+VALUES = (
+    st.none() | st.booleans() | st.integers(-5, 2**64) | st.text(max_size=8) | st.binary(max_size=8)
+)
+BODY_KEYS = st.sampled_from(
+    [
+        "job",
+        "client",
+        "request",
+        "status",
+        "response",
+        "progress",
+        "lease",
+        "max",
+        "wait",
+        "since",
+        "limit",
+        "x",
+    ]
+)
+STATUSES = st.sampled_from([s.value for s in Status] + ["done", 3])
+BODIES = st.one_of(
+    st.dictionaries(BODY_KEYS, st.one_of(NAMES, VALUES, STATUSES), max_size=6),
+    VALUES,
+    st.lists(VALUES, max_size=3),
+)
+PATHS = st.one_of(
+    st.sampled_from(
+        [
+            "/ds/job/",
+            "/ds/job/cancel",
+            "/ds/job/c1",
+            "/ds/job/c1/j1",
+            "/ds/job/c2/j2",
+            "/ds/job/c1/since/2",
+            "/server/ds/job/",
+            "/server/ds/job/take",
+            "/server/ds/job/accept",
+            "/server/ds/job/status",
+            "/sub/ds/job",
+            "/sub/server/ds/job",
+            "/cat",
+            "/d2/job/",
+        ]
+    ),
+    st.text(max_size=20).map(lambda s: "/" + s),
+)
+RANDOM = st.builds(
+    lambda method, path, body: Request(method, path, body=body, id=1),
+    st.sampled_from(["GET", "POST", "DELETE"]),
+    PATHS,
+    BODIES,
+)
+DS, JOB, CLIENT = (
+    st.sampled_from(["ds", "d2"]),
+    st.sampled_from(["j1", "j2", "j3"]),
+    st.sampled_from(["c1", "c2"]),
+)
+LEASE = st.integers(1, 30_000)
+
+
+def post(path: str, **body: Any) -> Request:
+    return Request("POST", path, body=body, id=1)
+
+
+# Well-formed operations, so sequences reach every status; RANDOM covers the malformed rest.
+OPERATIONS = st.one_of(
+    st.builds(
+        lambda d, j, c, r: post(f"/{d}/job/", job=j, client=c, request=r), DS, JOB, CLIENT, VALUES
+    ),
+    st.builds(lambda d, j, c: post(f"/{d}/job/cancel", job=j, client=c), DS, JOB, CLIENT),
+    st.builds(
+        lambda d, n, lease: post(f"/server/{d}/job/take", max=n, lease=lease),
+        DS,
+        st.integers(1, 3),
+        LEASE,
+    ),
+    st.builds(
+        lambda d, j, lease: post(f"/server/{d}/job/accept", job=j, lease=lease), DS, JOB, LEASE
+    ),
+    st.builds(
+        lambda d, j, status, r: post(f"/server/{d}/job/status", job=j, status=status, response=r),
+        DS,
+        JOB,
+        STATUSES,
+        VALUES,
+    ),
+    st.builds(lambda d, c, j: Request("GET", f"/{d}/job/{c}/{j}", id=1), DS, CLIENT, JOB),
+    st.builds(
+        lambda d, c, since: Request("GET", f"/{d}/job/{c}/since/{since}", id=1),
+        DS,
+        CLIENT,
+        st.integers(0, 9),
+    ),
+)
+REQUESTS = st.one_of(OPERATIONS, OPERATIONS, OPERATIONS, RANDOM)
+ALLOWED = {(source, target) for (source, _), target in TRANSITIONS.items()}
+STATUS_CODES = {200, 201, 400, 403, 404, 405, 409, 413, 429, 500, 507}
+
+
+def run(batches: list[tuple[int, list[Request]]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = Storage(tmp, map_size=1 << 22)
+        service = Service(storage, limits=Limits(max_active_per_client=50, max_attempts=2))
+        seen: dict[tuple[str, str], Status] = {}
+        now = 1_000_000
+        try:
+            for step, requests in batches:
+                now += step
+                expired, outcomes = service.handle_batch(requests, now)
+                assert len(outcomes) == len(requests)
+                changes = list(expired)
+                for outcome in outcomes:
+                    assert (outcome.reply is None) == (outcome.wait is not None)
+                    if outcome.reply is not None:
+                        assert outcome.reply.status in STATUS_CODES, outcome.reply
+                        assert outcome.reply.status != 500, outcome.reply.error
+                        assert (outcome.reply.error is not None) == (outcome.reply.status >= 400)
+                    changes += outcome.changes
+                for change in changes:
+                    job = change.job
+                    key = (job.dsid, job.job)
+                    before = seen.get(key)
+                    assert before not in TERMINAL, f"terminal job {key} changed"
+                    if before is not None and before is not job.status:
+                        assert (before, job.status) in ALLOWED, (before, job.status)
+                    seen[key] = job.status
+        finally:
+            storage.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40_000), st.lists(REQUESTS, min_size=1, max_size=6)), max_size=12
+    )
+)
+def test_random_request_sequences_keep_every_invariant(
+    batches: list[tuple[int, list[Request]]],
+) -> None:
+    run(batches)
+
+
+def as_frame(request: Request, use_zest: bool) -> bytes:
+    if not use_zest:
+        return cbor.encode_request(request.method, request.path, request.body, id=request.id)
+    try:
+        payload = json.dumps(request.body).encode() if request.body is not None else b""
+    except TypeError:
+        payload = b""
+    return zest.encode_request(request.method, request.path, body=payload)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            REQUESTS,
+            st.booleans(),
+            st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_mutated_frames_of_both_codecs_keep_every_invariant(
+    items: list[tuple[Request, bool, list[tuple[int, int]]]],
+) -> None:
+    requests: list[Request] = []
+    for request, use_zest, flips in items:
+        try:
+            frame = bytearray(as_frame(request, use_zest))
+        except ValueError:
+            continue  # the encoder refuses what no frame can carry (an over-long path)
+        for index, byte in flips:
+            frame[index % len(frame)] = byte
+        decode: Any = zest.decode_request if frame[0] in (1, 2, 4) else cbor.decode_request
+        try:
+            requests.append(decode(bytes(frame)))
+        except ProtocolError:
+            continue
+    run([(1, requests)] if requests else [])
