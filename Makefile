@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint run bench docs clean
+.PHONY: test lint run bench docs clean fuzz crash
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/ruff check src tests bench examples fuzz
+	$(BIN)/ruff format --check src tests bench examples fuzz
 	$(BIN)/mypy --strict src
 
 test: lint
@@ -26,6 +26,15 @@ test: lint
 run: $(STAMP)
 	$(BIN)/jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555 \
 		--observe-endpoint tcp://127.0.0.1:5556 --notify-endpoint tcp://127.0.0.1:5557
+
+# Longer robustness runs (docs/operations.md).
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install --quiet atheris
+	mkdir -p var/fuzz-corpus && cp -n fuzz/corpus/* var/fuzz-corpus/
+	$(BIN)/python fuzz/fuzz_frames.py -max_total_time=$${FUZZ_SECONDS:-600} var/fuzz-corpus
+
+crash: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_crash.py --crash-rounds $${CRASH_ROUNDS:-500} -o timeout=0
 
 docs: $(STAMP)
 	$(BIN)/python -m jobstore.states > docs/states.md
