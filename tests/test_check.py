@@ -47,7 +47,7 @@ def test_a_sound_directory_passes(tmp_path: Path, capsys: pytest.CaptureFixture[
             lambda t, db: t.put(b"ds\0c9\0" + u64(99), b"j9", db=db["clients"]),
             "points at no record",
         ),
-        (lambda t, db: t.put(count_key("ds"), u64(42), db=db["meta"]), "active count"),
+        (lambda t, db: t.put(count_key("ds"), u64(42), db=db["meta"]), "job count"),
         (lambda t, db: t.put(b"seq", u64(1), db=db["meta"]), "above the store counter"),
         (lambda t, db: t.delete(b"ds\0j3\0", db=db["jobs"]), "points at no record"),
     ],

@@ -265,3 +265,12 @@ def test_pipelined_submits_get_consecutive_seqs(
     assert sorted(decode_reply(recv(sock)[-1]).id for _ in range(50)) == list(range(50))
     page = call(sock, "GET", "/ds/job/c", rid=99).body
     assert [j["seq"] for j in page["jobs"]] == list(range(1, 51))
+
+
+def test_store_stats_include_the_socket_counters(ctx: zmq.Context[Any], store: RunningStore) -> None:
+    sock = dealer(ctx, store)
+    for i in range(3):
+        call(sock, "GET", "/ds/job/c", rid=i)
+    stats = call(sock, "GET", "/stats").body
+    assert stats["requests_received"] >= 3 and stats["replies_dropped"] == 0
+    assert stats["zest_observers"] == 0 and stats["waiting_takes"] == 0

@@ -468,3 +468,44 @@ def test_the_map_grows_before_it_fills(tmp_path: Path) -> None:
         outcome = service.handle(Request("POST", "/ds/job/", body=body), T0)
         assert outcome.reply is not None and outcome.reply.status == 201, outcome.reply
     assert storage.env.info()["map_size"] > 1 << 16
+
+
+def test_datasource_stats_count_statuses_queue_age_and_recent_activity(h: Harness) -> None:
+    for job in ("a", "b", "c", "d"):
+        h.submit(job=job)
+    h.take(max=2, lease=10)
+    h.report("a", "complete")
+    h.now += 11  # b's lease runs out
+    h.submit(job="other", client="c2")
+    stats = h.ok("GET", "/server/ds/stats")
+    assert stats["by_status"] == {"submitted": 3, "complete": 1, "retrying": 1}
+    assert stats["unfinished"] == 4
+    assert stats["oldest_queued_ms"] == h.now - T0 - 3  # c, submitted third, heads the queue
+    assert stats["last_minute"] == {"taken": 2, "finished": 1, "lease_expired": 1}
+    h.now += 60_000
+    assert h.ok("GET", "/server/ds/stats")["last_minute"] == {
+        "taken": 0,
+        "finished": 0,
+        "lease_expired": 0,
+    }
+
+
+def test_a_refused_report_counts_no_activity(h: Harness) -> None:
+    h.submit()
+    h.take()
+    h.call("POST", "/server/ds/job/status", {"job": "j1", "status": "complete", "response": {1: 2}})
+    assert h.ok("GET", "/server/ds/stats")["last_minute"]["finished"] == 0
+
+
+def test_store_stats_describe_datasources_records_and_the_data_file(h: Harness) -> None:
+    h.submit()
+    h.ok("POST", "/other/job/", {"job": "x", "client": "c"}, 201)
+    stats = h.ok("GET", "/stats")
+    assert stats["datasources"] == ["ds", "other"] and stats["records"] == 2 and stats["seq"] == 2
+    assert (
+        0
+        < stats["lmdb"]["used_bytes"]
+        <= stats["lmdb"]["map_size"]
+        <= stats["lmdb"]["max_map_size"]
+    )
+    assert stats["requests_handled"] == 3

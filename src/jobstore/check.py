@@ -7,7 +7,16 @@ from pathlib import Path
 
 from . import records
 from .errors import ConfigError
-from .storage import EMPTY_VALUED, SEQ_KEY, Storage, Txn, count_key, index_keys
+from .storage import (
+    EMPTY_VALUED,
+    SEQ_KEY,
+    STATUS_PREFIX,
+    Storage,
+    Txn,
+    count_key,
+    index_keys,
+    status_key,
+)
 
 
 def check(path: str | Path) -> tuple[int, list[str]]:
@@ -50,6 +59,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
         if not job.status.terminal:
             active[count_key(job.dsid)] += 1
             active[count_key(job.dsid, job.client)] += 1
+        active[status_key(job.dsid, job.status.value)] += 1
         for db, index_key in index_keys(job).items():
             expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
     problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
@@ -64,17 +74,17 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
         ]
     for key, value in txn.txn.cursor(db=txn.db["meta"]):
         key = bytes(key)
-        if key.startswith(b"n:") and int.from_bytes(value, "big") != active.pop(key, 0):
+        if key.startswith((b"n:", STATUS_PREFIX)) and int.from_bytes(value, "big") != active.pop(
+            key, 0
+        ):
             problems.append(
-                f"active count {key!r} is {int.from_bytes(value, 'big')}, records say otherwise"
+                f"job count {key!r} is {int.from_bytes(value, 'big')}, records say otherwise"
             )
         elif key.startswith(b"t:") and int.from_bytes(value, "big") > counter:
             problems.append(
                 f"topic {key[2:]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
             )
-    problems += [
-        f"active count {key!r} is missing ({n} unfinished jobs)" for key, n in active.items() if n
-    ]
+    problems += [f"job count {key!r} is missing ({n} jobs)" for key, n in active.items() if n]
     if txn.meta(SEQ_KEY) is None and count:
         problems.append("records exist but the seq counter is missing")
     return count, problems

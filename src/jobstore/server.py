@@ -220,6 +220,12 @@ class Server:
             self._send(self.request, [*envelope, cbor.encode_reply(reply)])
 
     def _run_batch(self, pending: list[_Pending], now: int) -> None:
+        self.service.transport.update(
+            requests_received=self.served,
+            replies_dropped=self.dropped,
+            zest_observers=len(self._observers),
+            waiting_takes=sum(len(queue) for queue in self._parked.values()),
+        )
         pending = self._due_parked(now) + pending
         if not pending and (self.service.next_lease is None or self.service.next_lease > now):
             self._expire_observers(now)

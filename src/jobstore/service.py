@@ -17,6 +17,7 @@ import cbor2
 import lmdb
 
 from . import hypercat
+from .activity import Activity
 from .errors import (
     BadRequest,
     Conflict,
@@ -40,6 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 32
+# What /server/<DSID>/stats counts of each event; reports that end a job count as finished.
+EVENT_KINDS = {
+    Event.TAKE: "taken",
+    Event.LEASE_EXPIRED: "lease_expired",
+    Event.LEASE_EXHAUSTED: "lease_expired",
+}
 SCAN_LIMIT = 10_000
 
 
@@ -102,6 +109,10 @@ class Service:
         self.limits = limits or Limits()
         self.sealer = Sealer(storage.secret)
         self._full = False
+        self.activity = Activity()
+        self._events: list[tuple[str, str]] = []  # (dsid, kind) of this batch, recorded on commit
+        self.handled = 0
+        self.transport: dict[str, int] = {}  # counters the socket adapter keeps, shown in /stats
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
 
@@ -120,12 +131,15 @@ class Service:
         """
         self.storage.grow()
         self._full = self.storage.fill() >= self.limits.full_at
+        self._events.clear()
+        self.handled += len(requests)
         try:
             with self.storage.write() as txn:
                 expired = self._expire(txn, now)
                 outcomes = [self._one(txn, request, now) for request in requests]
                 self._purge(txn, now)
                 self.next_lease = txn.next_lease()
+            self.activity.record(self._events, now)
         except JobstoreError as exc:
             return [], [Outcome(_error(r, exc)) for r in requests]
         except lmdb.Error as exc:
@@ -141,18 +155,22 @@ class Service:
                 child.delete(job)
 
     def _one(self, txn: Txn, request: Request, now: int) -> Outcome:
+        mark = len(self._events)
         try:
             handler, params = route(request)
             with txn.nested() as child:
                 return handler(self, child, request, now, params)
         except JobstoreError as exc:
-            return Outcome(_error(request, exc))
+            error = exc
         except lmdb.MapFullError:
-            return Outcome(_error(request, StorageFull("the store's data file is full")))
+            error = StorageFull("the store's data file is full")
         except Exception:
             log.exception("unexpected error handling %s %s", request.method, request.path)
-            err = JobstoreError("internal error in the store; it has been logged, please report it")
-            return Outcome(_error(request, err))
+            error = JobstoreError(
+                "internal error in the store; it has been logged, please report it"
+            )
+        del self._events[mark:]  # the request's changes were rolled back, and so are its events
+        return Outcome(_error(request, error))
 
     def _authorise(
         self,
@@ -190,6 +208,9 @@ class Service:
             fields["history"] = (*job.history, (status.value, now))[-self.limits.history_length :]
         new = job.evolve(status=status, updated=now, seq=txn.next_seq(), **fields)
         txn.put(new, job)
+        kind = EVENT_KINDS.get(event) or ("finished" if status.terminal else None)
+        if kind is not None:
+            self._events.append((job.dsid, kind))
         return self._change(txn, new)
 
     def _expire(self, txn: Txn, now: int) -> list[Change]:
@@ -420,6 +441,44 @@ class Service:
         txn.set_catalogue_items(hypercat.upsert(txn.catalogue_items(), item))
         return Outcome(_ok(request, item))
 
+    # Statistics
+
+    def ds_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        self._authorise(request)
+        oldest = txn.oldest_queued(dsid)
+        last_minute = {
+            kind: self.activity.last_minute(dsid, kind, now)
+            for kind in ("taken", "finished", "lease_expired")
+        }
+        body = {
+            "dsid": dsid,
+            "by_status": txn.by_status(dsid),
+            "unfinished": txn.active(dsid),
+            "oldest_queued_ms": None if oldest is None else now - oldest.updated,
+            "last_minute": last_minute,
+            "lease_expired_since_start": self.activity.totals.get((dsid, "lease_expired"), 0),
+        }
+        return Outcome(_ok(request, body))
+
+    def store_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        self._authorise(request)
+        info, storage = self.storage.env.info(), self.storage
+        body = {
+            "datasources": txn.datasources(),
+            "records": txn.records(),
+            "seq": txn.seq(),
+            "lmdb": {
+                "used_bytes": storage.used(),
+                "map_size": info["map_size"],
+                "max_map_size": storage.max_map_size,
+                "fill": round(storage.fill(), 4),
+            },
+            "requests_handled": self.handled,
+            **self.transport,
+        }
+        return Outcome(_ok(request, body))
+
     def subscribe_server(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
         _body(request)
@@ -435,6 +494,8 @@ def _names(statuses: Any) -> str:
 # "#" a seq number, and anything else a literal segment.
 ROUTES: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
     (("cat",), {"GET": Service.cat_get, "POST": Service.cat_post}),
+    (("stats",), {"GET": Service.store_stats}),
+    (("server", "D", "stats"), {"GET": Service.ds_stats}),
     (("sub", "server", "D", "job"), {"POST": Service.subscribe_server}),
     (("sub", "D", "job"), {"POST": Service.subscribe}),
     (("server", "D", "job"), {"GET": Service.server_list}),

@@ -13,7 +13,8 @@ changes    dsid NUL seq                    job id, one entry per job at its last
 leases     lease_until dsid NUL job        empty: accepted jobs by lease deadline
 done       updated dsid NUL job            empty: terminal jobs by when they ended (retention)
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
-           b"cat", b"n:"dsid[NUL client]   the hypercat items (a CBOR array), active job counts
+           b"cat", b"n:"dsid[NUL client]   the hypercat items (a CBOR array), active job counts,
+           b"s:"dsid NUL status            and job counts by status
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone
@@ -55,7 +56,16 @@ def _name(*parts: str) -> bytes:
 
 
 def count_key(*parts: str) -> bytes:
+    """The meta key of the unfinished-job count of a datasource, or of one client in it."""
     return b"n:" + _name(*parts)
+
+
+STATUS_PREFIX = b"s:"
+
+
+def status_key(dsid: str, status: str) -> bytes:
+    """The meta key of the count of a datasource's jobs in one status."""
+    return STATUS_PREFIX + _name(dsid, status)
 
 
 def index_keys(job: Job) -> dict[str, bytes]:
@@ -223,6 +233,10 @@ class Txn:
         was_active = old is not None and not old.status.terminal
         if was_active != (not new.status.terminal):
             self._count(new, 1 if not was_active else -1)
+        if old is None or old.status is not new.status:
+            if old is not None:
+                self._add(status_key(old.dsid, old.status.value), -1)
+            self._add(status_key(new.dsid, new.status.value), 1)
 
     def delete(self, job: Job) -> None:
         """Remove a record and every index entry it owns."""
@@ -231,11 +245,50 @@ class Txn:
         self.txn.delete(_name(job.dsid, job.job), db=self.db["jobs"])
         if not job.status.terminal:
             self._count(job, -1)
+        self._add(status_key(job.dsid, job.status.value), -1)
 
     def _count(self, job: Job, delta: int) -> None:
-        for key in (count_key(job.dsid), count_key(job.dsid, job.client)):
-            raw = self.meta(key)
-            self.set_meta(key, u64((0 if raw is None else int.from_bytes(raw, "big")) + delta))
+        self._add(count_key(job.dsid), delta)
+        self._add(count_key(job.dsid, job.client), delta)
+
+    def _add(self, key: bytes, delta: int) -> None:
+        raw = self.meta(key)
+        self.set_meta(key, u64((0 if raw is None else int.from_bytes(raw, "big")) + delta))
+
+    def by_status(self, dsid: str) -> dict[str, int]:
+        """How many jobs of a datasource are in each status (statuses with none left out)."""
+        prefix = STATUS_PREFIX + _name(dsid)
+        out = {}
+        cursor = self.txn.cursor(db=self.db["meta"])
+        if cursor.set_range(prefix):
+            for key, value in cursor:
+                if not bytes(key).startswith(prefix):
+                    break
+                if count := int.from_bytes(value, "big"):
+                    out[bytes(key)[len(prefix) : -1].decode()] = count
+        return out
+
+    def datasources(self) -> list[str]:
+        """Every datasource that holds jobs or has held them."""
+        names: list[str] = []
+        cursor = self.txn.cursor(db=self.db["meta"])
+        if cursor.set_range(STATUS_PREFIX):
+            for key in cursor.iternext(values=False):
+                if not bytes(key).startswith(STATUS_PREFIX):
+                    break
+                dsid = bytes(key)[len(STATUS_PREFIX) :].split(b"\0", 1)[0].decode()
+                if not names or names[-1] != dsid:
+                    names.append(dsid)
+        return names
+
+    def records(self) -> int:
+        """How many job records the store holds."""
+        return int(self.txn.stat(self.db["jobs"])["entries"])
+
+    def oldest_queued(self, dsid: str) -> Job | None:
+        """The job at the head of a datasource's queue."""
+        jobs = self.queued(dsid, 1)
+        return jobs[0] if jobs else None
 
     def active(self, dsid: str, client: str | None = None) -> int:
         """How many jobs of a datasource (or of one client in it) are not yet terminal."""
