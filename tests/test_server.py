@@ -267,7 +267,9 @@ def test_pipelined_submits_get_consecutive_seqs(
     assert [j["seq"] for j in page["jobs"]] == list(range(1, 51))
 
 
-def test_store_stats_include_the_socket_counters(ctx: zmq.Context[Any], store: RunningStore) -> None:
+def test_store_stats_include_the_socket_counters(
+    ctx: zmq.Context[Any], store: RunningStore
+) -> None:
     sock = dealer(ctx, store)
     for i in range(3):
         call(sock, "GET", "/ds/job/c", rid=i)
