@@ -18,7 +18,7 @@ from .conftest import RunningStore
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
-    code = main(list(argv))
+    code = main([*argv, "--json"])
     out = capsys.readouterr().out
     return code, json.loads(out) if out.strip() else None
 
@@ -140,3 +140,35 @@ def test_mint_makes_a_token_the_store_accepts_for_exactly_its_caveats(
         assert app.submit(1)["status"] == "submitted"
         with pytest.raises(RequestFailed, match="method = POST"):
             app.jobs().__next__()
+
+
+def test_without_json_each_record_is_one_readable_line(
+    store: RunningStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "ds", '{"n": 1}', "--job", "j1", "--endpoint", store.endpoint]) == 0
+    assert capsys.readouterr().out == "j1  submitted  client=cli  attempts=0\n"
+
+
+def test_databox_environment_gives_the_client_commands_their_defaults(
+    store: RunningStore,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import importlib
+
+    import jobstore.cli
+
+    (tmp_path / "ZMQ_PUBLIC_KEY").write_text("k" * 40)
+    (tmp_path / "ARBITER_TOKEN").write_text("app-token")
+    monkeypatch.setenv("DATABOX_ZMQ_ENDPOINT", "tcp://jobstore-sensor:5555")
+    monkeypatch.setenv("JOBSTORE_SECRETS_DIR", str(tmp_path))
+    cli = importlib.reload(jobstore.cli)
+    try:
+        args = cli.build_parser().parse_args(["status", "ds", "j"])
+        assert args.endpoint == "tcp://jobstore-sensor:5555"
+        assert args.server_key == "k" * 40 and args.arbiter_key == "k" * 40
+        assert args.arbiter_token == "app-token" and args.target == "jobstore-sensor"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(jobstore.cli)

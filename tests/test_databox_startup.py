@@ -251,7 +251,7 @@ def test_the_command_line_gets_its_tokens_from_the_arbiter(
             main(["work", "sensor-jobs", "--max-jobs", "1", "--call", "operator:neg", *driver]) == 0
         )
         capsys.readouterr()
-        assert main(["status", "sensor-jobs", "cli-1", *app]) == 0
+        assert main(["status", "sensor-jobs", "cli-1", "--json", *app]) == 0
         record = json.loads(capsys.readouterr().out)
         assert record["status"] == "failed"  # operator.neg gets a JobContext, not a number
         assert (

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -32,6 +33,7 @@ from .service import Limits, Service
 from .storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
 
 log = logging.getLogger("jobstore")
+SECRETS_DIR = os.environ.get("JOBSTORE_SECRETS_DIR", DEFAULT_SECRETS_DIR)
 
 EXIT_FAILED = 1  # the store answered with an error
 EXIT_USAGE = 2
@@ -189,16 +191,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_file(name: str) -> str | None:
+    """A Databox secret the container manager mounted, if there is one."""
+    try:
+        return (Path(SECRETS_DIR) / name).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _store_name(endpoint: str | None) -> str | None:
+    """The store's name in a Databox endpoint such as tcp://jobstore-sensor:5555."""
+    host = urlsplit(endpoint).hostname if endpoint else None
+    return host if host and host not in ("127.0.0.1", "localhost", "0.0.0.0") else None
+
+
 def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
+    """Flags of the client commands; defaults come from JOBSTORE_* or what Databox gives a container."""
     p.add_argument("dsid", help="datasource (job queue) id")
     p.add_argument(
         "--endpoint",
-        default=_env("ENDPOINT", "tcp://127.0.0.1:5555"),
-        help="store request endpoint (JOBSTORE_ENDPOINT)",
+        default=_env("ENDPOINT", os.environ.get("DATABOX_ZMQ_ENDPOINT", "tcp://127.0.0.1:5555")),
+        help="store request endpoint (JOBSTORE_ENDPOINT, else DATABOX_ZMQ_ENDPOINT)",
     )
     p.add_argument("--token", default=_env("TOKEN"), help="macaroon (JOBSTORE_TOKEN)")
-    p.add_argument("--server-key", default=_env("SERVER_KEY"), help="store's CURVE public key, Z85")
+    p.add_argument(
+        "--server-key",
+        default=_env("SERVER_KEY", _secret_file("ZMQ_PUBLIC_KEY")),
+        help="store's CURVE public key, Z85 (JOBSTORE_SERVER_KEY, else /run/secrets/ZMQ_PUBLIC_KEY)",
+    )
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply")
+    p.add_argument("--json", action="store_true", help="print JSON, for scripts")
     databox = p.add_argument_group(
         "tokens from a Databox arbiter (instead of --token)",
         "With --arbiter, a token per method is asked of the arbiter, for /DSID/* (an app) or "
@@ -210,13 +232,19 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
         help="DATABOX_ARBITER_ENDPOINT",
     )
     databox.add_argument(
-        "--arbiter-token", default=_env("ARBITER_TOKEN"), help="this container's ARBITER_TOKEN"
+        "--arbiter-token",
+        default=_env("ARBITER_TOKEN", _secret_file("ARBITER_TOKEN")),
+        help="this container's arbiter token (else /run/secrets/ARBITER_TOKEN)",
     )
     databox.add_argument(
-        "--arbiter-key", default=_env("ARBITER_KEY"), help="the arbiter's CURVE public key"
+        "--arbiter-key",
+        default=_env("ARBITER_KEY", _secret_file("ZMQ_PUBLIC_KEY")),
+        help="the arbiter's CURVE public key (else /run/secrets/ZMQ_PUBLIC_KEY)",
     )
     databox.add_argument(
-        "--target", default=_env("TARGET"), help="the store's name (DATABOX_LOCAL_NAME)"
+        "--target",
+        default=_env("TARGET", _store_name(os.environ.get("DATABOX_ZMQ_ENDPOINT"))),
+        help="the store's name (else the host of DATABOX_ZMQ_ENDPOINT)",
     )
     databox.add_argument(
         "--as", dest="identity", help="this container's name (default: the hostname)"
@@ -258,8 +286,28 @@ def _job_client(args: argparse.Namespace) -> JobClient:
     )
 
 
-def _print(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=repr))
+def _print(value: Any, as_json: bool) -> None:
+    """JSON for scripts; otherwise one readable line per record."""
+    if as_json:
+        print(json.dumps(value, indent=2, default=repr))
+        return
+    for record in value if isinstance(value, list) else [value]:
+        print(_describe(record))
+
+
+def _describe(record: dict[str, Any]) -> str:
+    parts = [
+        record["job"],
+        record["status"],
+        f"client={record['client']}",
+        f"attempts={record['attempts']}",
+    ]
+    if record.get("cancel_requested") and record["status"] == "accepted":
+        parts.append("cancel-requested")
+    for key in ("progress", "response"):
+        if key in record:
+            parts.append(f"{key}={json.dumps(record[key], default=repr)}")
+    return "  ".join(parts)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -268,25 +316,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except json.JSONDecodeError:
         request = args.request  # plain text is a fine request too
     with _job_client(args) as jc:
-        _print(jc.submit(request, job=args.job))
+        _print(jc.submit(request, job=args.job), args.json)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _job_client(args) as jc:
-        _print(jc.status(args.job))
+        _print(jc.status(args.job), args.json)
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _job_client(args) as jc:
-        _print(jc.cancel(args.job))
+        _print(jc.cancel(args.job), args.json)
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _job_client(args) as jc:
-        _print(list(jc.jobs(since=args.since)))
+        _print(list(jc.jobs(since=args.since)), args.json)
     return 0
 
 
@@ -388,7 +436,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="jobstore", description="A Databox store for a queue of jobs (asynchronous RPC)."
+        prog="jobstore",
+        description="A Databox store for a queue of jobs (asynchronous RPC).",
+        epilog="exit status: 0 done; 1 the store (or arbiter) refused the request; 2 bad usage or "
+        "configuration; 3 no answer in time. Try: jobstore serve --help",
     )
     parser.add_argument("--version", action="version", version=f"jobstore {__version__}")
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 Record = dict[str, Any]
 # A macaroon, or a function giving the macaroon for a (method, path): Databox tokens name a method.
 Token = str | Callable[[str, str], str] | None
+# One request as (method, path, body), built once for the sync and the asyncio libraries.
+Call = tuple[str, str, Any]
+# The path and body of a subscribe request (always a POST).
+Subscription = tuple[str, dict[str, Any]]
 
 
 def notify_endpoint_for(endpoint: str) -> str:
@@ -41,6 +45,105 @@ def notify_endpoint_for(endpoint: str) -> str:
     if host in ("0.0.0.0", "*"):
         host = "127.0.0.1"
     return f"tcp://{host}:{parts.port + 2}"
+
+
+def token_for(token: Token, method: str, path: str) -> str | None:
+    """The macaroon to send with a request: the token itself, or what the token function gives."""
+    return token(method, path) if callable(token) else token
+
+
+def secure(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
+    """Set linger 0 and, with a server key, make the socket a CURVE client with a fresh keypair."""
+    sock.linger = 0
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = server_key
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+
+
+def no_reply(method: str, path: str, endpoint: str, limit: float) -> Timeout:
+    """The Timeout for a request that got no reply."""
+    return Timeout(
+        f"no reply to {method} {path} from {endpoint} within {limit:g} s: "
+        "is the store running there (and is the server key right)?"
+    )
+
+
+class ClientRequests:
+    """The requests of the client API (contract section 4) for one client of one datasource."""
+
+    def __init__(self, dsid: str, client: str) -> None:
+        self.dsid = dsid
+        self.client = client
+
+    def submit(self, request: Any, job: str | None) -> Call:
+        """Submit a job, with a fresh GUID unless ``job`` is given."""
+        body = {"job": job or uuid.uuid4().hex, "client": self.client, "request": request}
+        return "POST", f"/{self.dsid}/job/", body
+
+    def status(self, job: str) -> Call:
+        """Read one job's record."""
+        return "GET", f"/{self.dsid}/job/{self.client}/{job}", None
+
+    def cancel(self, job: str) -> Call:
+        """Cancel one job."""
+        return "POST", f"/{self.dsid}/job/cancel", {"job": job, "client": self.client}
+
+    def page(self, since: int, limit: int | None) -> Call:
+        """List the client's jobs changed after ``since``."""
+        body: dict[str, Any] = {"client": self.client, "since": since}
+        if limit is not None:
+            body["limit"] = limit
+        return "GET", f"/{self.dsid}/job/", body
+
+    def subscription(self) -> Subscription:
+        """Subscribe to the client's topic."""
+        return f"/sub/{self.dsid}/job", {"client": self.client}
+
+
+class DriverRequests:
+    """The requests of the server API (contract section 5) for one datasource."""
+
+    def __init__(self, dsid: str) -> None:
+        self.dsid = dsid
+        self.base = f"/server/{dsid}/job"
+
+    def register(self, endpoint: str, description: str, href: str | None) -> Call:
+        """Add the datasource to the hypercat catalogue; ``href`` defaults to ``<endpoint>/<dsid>``."""
+        return (
+            "POST",
+            "/cat",
+            job_datasource_item(href or f"{endpoint}/{self.dsid}", self.dsid, description),
+        )
+
+    def take(self, max: int, lease: int | None, wait: int) -> Call:
+        """Take up to ``max`` queued jobs, waiting up to ``wait`` ms for one."""
+        body: dict[str, Any] = {"max": max, "wait": wait}
+        if lease is not None:
+            body["lease"] = lease
+        return "POST", f"{self.base}/take", body
+
+    def accept(self, job: str, lease: int | None) -> Call:
+        """Accept one named job."""
+        body: dict[str, Any] = {"job": job}
+        if lease is not None:
+            body["lease"] = lease
+        return "POST", f"{self.base}/accept", body
+
+    def report(self, job: str, status: str, fields: dict[str, Any]) -> Call:
+        """Report a status; fields that are None are left out."""
+        body = {"job": job, "status": status}
+        body.update((k, v) for k, v in fields.items() if v is not None)
+        return "POST", f"{self.base}/status", body
+
+    def page(self, since: int, filters: dict[str, Any]) -> Call:
+        """List the datasource's jobs changed after ``since`` (filters: status, client, limit)."""
+        return "GET", f"{self.base}/", {"since": since, **filters}
+
+    def subscription(self) -> Subscription:
+        """Subscribe to the datasource's server topic."""
+        return f"/sub{self.base}", {}
 
 
 class Connection:
@@ -67,12 +170,7 @@ class Connection:
     def new_socket(self, kind: int) -> zmq.Socket[bytes]:
         """A socket with this connection's security settings (CURVE when a server key is set)."""
         sock: zmq.Socket[bytes] = self.context.socket(kind)
-        sock.linger = 0
-        if self.server_key is not None:
-            public, secret = zmq.curve_keypair()
-            sock.curve_serverkey = self.server_key
-            sock.curve_publickey = public
-            sock.curve_secretkey = secret
+        secure(sock, self.server_key)
         return sock
 
     def call(
@@ -80,17 +178,14 @@ class Connection:
     ) -> Any:
         """Send one request and return the reply body; raise RequestFailed on an error status."""
         rid = next(self._ids)
-        token = self.token(method, path) if callable(self.token) else self.token
+        token = token_for(self.token, method, path)
         self.socket.send(cbor.encode_request(method, path, body, token=token, id=rid))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.socket.poll(int(left * 1000) + 1):
-                raise Timeout(
-                    f"no reply to {method} {path} from {self.endpoint} within {limit:g} s: "
-                    "is the store running there (and is the server key right)?"
-                )
+                raise no_reply(method, path, self.endpoint, limit)
             reply = cbor.decode_reply(self.socket.recv())
             if reply.id != rid:
                 continue  # the late answer to a call that already timed out
@@ -120,6 +215,7 @@ class JobClient:
         self.dsid = dsid
         self.client = client
         self.notify_endpoint = notify_endpoint
+        self._requests = ClientRequests(dsid, client)
 
     def __enter__(self) -> JobClient:
         return self
@@ -132,27 +228,22 @@ class JobClient:
 
     def submit(self, request: Any, job: str | None = None) -> Record:
         """Submit a job (a fresh GUID unless ``job`` is given); returns the record at once."""
-        body = {"job": job or uuid.uuid4().hex, "client": self.client, "request": request}
-        record: Record = self.conn.call("POST", f"/{self.dsid}/job/", body)
+        record: Record = self.conn.call(*self._requests.submit(request, job))
         return record
 
     def status(self, job: str) -> Record:
         """The job's current record."""
-        record: Record = self.conn.call("GET", f"/{self.dsid}/job/{self.client}/{job}")
+        record: Record = self.conn.call(*self._requests.status(job))
         return record
 
     def cancel(self, job: str) -> Record:
         """Cancel a job: at once when queued; as a request to the server once accepted."""
-        body = {"job": job, "client": self.client}
-        record: Record = self.conn.call("POST", f"/{self.dsid}/job/cancel", body)
+        record: Record = self.conn.call(*self._requests.cancel(job))
         return record
 
     def page(self, since: int = 0, limit: int | None = None) -> tuple[list[Record], int | None]:
         """One page of this client's jobs changed after ``since``, and the ``since`` of the next."""
-        body: dict[str, Any] = {"client": self.client, "since": since}
-        if limit is not None:
-            body["limit"] = limit
-        reply = self.conn.call("GET", f"/{self.dsid}/job/", body)
+        reply = self.conn.call(*self._requests.page(since, limit))
         return reply["jobs"], reply["next"]
 
     def jobs(self, since: int = 0) -> Iterator[Record]:
@@ -168,7 +259,7 @@ class JobClient:
         Subscribes to the client's sealed topic at once; see :class:`Watch`.
         """
         endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        subscribe = (f"/sub/{self.dsid}/job", {"client": self.client})
+        subscribe = self._requests.subscription()
         return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
 
 
@@ -328,7 +419,7 @@ class Driver:
         self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
         self.dsid = dsid
         self.notify_endpoint = notify_endpoint
-        self._base = f"/server/{dsid}/job"
+        self._requests = DriverRequests(dsid)
 
     def __enter__(self) -> Driver:
         return self
@@ -344,36 +435,26 @@ class Driver:
 
         ``href`` defaults to ``<request endpoint>/<dsid>``, the form Databox apps resolve.
         """
-        item = job_datasource_item(
-            href or f"{self.conn.endpoint}/{self.dsid}", self.dsid, description
+        record: Record = self.conn.call(
+            *self._requests.register(self.conn.endpoint, description, href)
         )
-        record: Record = self.conn.call("POST", "/cat", item)
         return record
 
     def take(self, max: int = 1, *, lease: int | None = None, wait: int = 0) -> list[Record]:
         """Take up to ``max`` queued jobs (now accepted), waiting up to ``wait`` ms for one."""
-        body: dict[str, Any] = {"max": max, "wait": wait}
-        if lease is not None:
-            body["lease"] = lease
         timeout = self.conn.timeout + wait / 1000
-        jobs: list[Record] = self.conn.call("POST", f"{self._base}/take", body, timeout=timeout)[
-            "jobs"
-        ]
+        reply = self.conn.call(*self._requests.take(max, lease, wait), timeout=timeout)
+        jobs: list[Record] = reply["jobs"]
         return jobs
 
     def accept(self, job: str, *, lease: int | None = None) -> Record:
         """Accept one named job."""
-        body: dict[str, Any] = {"job": job}
-        if lease is not None:
-            body["lease"] = lease
-        record: Record = self.conn.call("POST", f"{self._base}/accept", body)
+        record: Record = self.conn.call(*self._requests.accept(job, lease))
         return record
 
     def report(self, job: str, status: str, **fields: Any) -> Record:
         """Report a status (with ``response``, ``progress`` or ``lease``) for a job."""
-        body = {"job": job, "status": status}
-        body.update((k, v) for k, v in fields.items() if v is not None)
-        record: Record = self.conn.call("POST", f"{self._base}/status", body)
+        record: Record = self.conn.call(*self._requests.report(job, status, fields))
         return record
 
     def progress(self, job: str, progress: Any, *, lease: int | None = None) -> Record:
@@ -399,15 +480,16 @@ class Driver:
         """Every job of the datasource changed after ``since`` (filters: status, client)."""
         cursor: int | None = since
         while cursor is not None:
-            reply = self.conn.call("GET", f"{self._base}/", {"since": cursor, **filters})
+            reply = self.conn.call(*self._requests.page(cursor, filters))
             yield from reply["jobs"]
             cursor = reply["next"]
 
     def watch(self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None) -> Watch:
         """Every change in the datasource after ``since``, then live changes (see :class:`Watch`)."""
         endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        subscribe: tuple[str, dict[str, Any]] = (f"/sub{self._base}", {})
-        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
+        return Watch(
+            self.conn, endpoint, self._requests.subscription(), self.jobs, since, idle, timeout
+        )
 
     def run(
         self,
