@@ -27,6 +27,11 @@ run: $(STAMP)
 	$(BIN)/jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555 \
 		--observe-endpoint tcp://127.0.0.1:5556 --notify-endpoint tcp://127.0.0.1:5557
 
+# Benchmarks against beanstalkd and Redis/RQ (bench/README.md); BENCH_ARGS=--quick for a smoke run.
+bench: $(STAMP)
+	bash bench/setup.sh
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 # Longer robustness runs (docs/operations.md).
 fuzz: $(STAMP)
 	$(BIN)/python -m pip install --quiet atheris

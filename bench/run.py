@@ -1,0 +1,311 @@
+"""jobstore's benchmark: jobstore (native and Zest) against beanstalkd and RQ, plus two ceilings.
+
+    .venv/bin/python bench/run.py            # full: 3 runs, under ~10 minutes on 2 cores
+    .venv/bin/python bench/run.py --quick    # smoke: 1 run, about a minute
+    .venv/bin/python bench/run.py --million  # also jobstore with 1,000,000 jobs stored
+    .venv/bin/python bench/run.py --profile  # also py-spy the store under the native workload
+
+Writes bench/results/runs.jsonl (one JSON line per system and run), results.md and
+chart.png. See bench/README.md for the workload and how to read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SNAPSHOT = HERE / ".work" / f"src-{os.getpid()}"
+
+
+def snapshot_source() -> None:
+    """Run every process of this benchmark on one copy of src/, even if the tree changes meanwhile.
+
+    ``--src DIR`` (read here, before argparse, because it decides what is imported)
+    benchmarks another tree, e.g. an older commit from ``git archive``.
+    """
+    src = ROOT / "src"
+    if "--src" in sys.argv[:-1]:
+        src = Path(sys.argv[sys.argv.index("--src") + 1]).resolve()
+    shutil.copytree(
+        src / "jobstore",
+        SNAPSHOT / "jobstore",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    sys.path[:0] = [str(SNAPSHOT)]
+
+
+if __name__ == "__main__":  # spawned children inherit sys.path, snapshot included
+    snapshot_source()
+sys.path[:0] = [str(HERE)]
+
+import harness  # noqa: E402
+import hotspots  # noqa: E402
+import report  # noqa: E402
+from harness import Phase, log_line, memory_kb, run_workload  # noqa: E402
+from systems import System, ceilings  # noqa: E402
+from systems.beanstalk import BeanstalkServer  # noqa: E402
+from systems.jobstore_native import DSID, JobstoreServer  # noqa: E402
+from systems.jobstore_zest import ZestServer  # noqa: E402
+from systems.prefill import prefill  # noqa: E402
+from systems.rq_redis import RedisServer  # noqa: E402
+
+MILLION = 1_000_000
+MILLION_MAP_SIZE = 8 << 30
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="one short run (about a minute)")
+    p.add_argument("--runs", type=int, help="runs of every system (default 3; 1 with --quick)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        help="jobs in the throughput phase (default 6000; RQ a quarter, Zest half)",
+    )
+    p.add_argument("--open-100", type=float, help="seconds at 100 jobs/s (default 10)")
+    p.add_argument("--open-500", type=float, help="seconds at 500 jobs/s (default 4)")
+    p.add_argument("--million", action="store_true", help="also run jobstore on 1,000,000 jobs")
+    p.add_argument("--stored", type=int, default=MILLION, help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help="also py-spy the store (native workload)")
+    p.add_argument(
+        "--systems", help="comma-separated subset, e.g. jobstore-native,beanstalkd-durable"
+    )
+    p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
+    p.add_argument(
+        "--data-root", type=Path, default=HERE / ".work", help="data directories (real disk)"
+    )
+    p.add_argument("--keep-data", action="store_true", help="leave the data directories behind")
+    p.add_argument("--src", type=Path, help="benchmark the jobstore package under this src/ dir")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.runs = args.runs or (1 if quick else 3)
+    args.jobs = args.jobs or (1000 if quick else 6000)
+    args.open_100 = args.open_100 or (3.0 if quick else 10.0)
+    args.open_500 = args.open_500 or (2.0 if quick else 4.0)
+    args.ceiling_requests = 3000 if quick else 20000
+    return args
+
+
+def all_systems() -> list[System]:
+    return [
+        JobstoreServer(),
+        ZestServer(),
+        BeanstalkServer(durable=True),
+        BeanstalkServer(durable=False),
+        RedisServer(),
+    ]
+
+
+def phases(args: argparse.Namespace, scale: float = 1.0) -> list[Phase]:
+    jobs = max(1, int(args.jobs * scale))
+    return [
+        Phase("throughput", jobs, None, deadline=180.0),
+        Phase("open-100", int(100 * args.open_100), 100.0, deadline=args.open_100 + 60),
+        Phase("open-500", int(500 * args.open_500), 500.0, deadline=args.open_500 + 60),
+        Phase("submit-only", jobs, None, deadline=120.0, served=False),
+    ]
+
+
+def measure(
+    system: System, workdir: Path, args: argparse.Namespace, run: int, out: Path
+) -> dict[str, Any]:
+    """Start ``system``, run the workload against it, stop it; log and return the line."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    line: dict[str, Any] = {"kind": "result", "run": run, "system": system.name}
+    try:
+        endpoints = system.start(workdir)
+        endpoints["server_pid"] = system.pid
+        work = phases(args, system.jobs_scale)
+        results = run_workload(system.module, endpoints, work, timeout=600.0)
+        line["phases"] = {r["phase"]: harness_summary(r) for r in results}
+        if system.pid is not None:
+            line["server_memory_kb"] = memory_kb(system.pid)
+    except Exception as exc:
+        line["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        system.stop()
+    line["durable"] = system.durable
+    line["seconds"] = round(time.monotonic() - started, 1)
+    log_line(out, line)
+    print(brief(line), flush=True)
+    return line
+
+
+def harness_summary(result: dict[str, Any]) -> dict[str, Any]:
+    phase = harness.PhaseResult(**result)
+    return phase.summary()
+
+
+def brief(line: dict[str, Any]) -> str:
+    name = f"run {line['run']} {line['system']:<22}"
+    if "req_s" in line:
+        return f"{name} {line['req_s']:>9.0f} req/s"
+    if "error" in line:
+        return f"{name} ERROR {line['error']}"
+    parts = []
+    for phase, figures in line.get("phases", {}).items():
+        if "error" in figures:
+            parts.append(f"{phase}: {figures['error']}")
+        elif phase == "throughput":
+            parts.append(f"submit {figures['submit_jobs_s']}/s e2e {figures['e2e_jobs_s']}/s")
+        elif phase == "submit-only":
+            parts.append(f"submit-only {figures['submit_jobs_s']}/s")
+        else:
+            parts.append(f"{phase} p50 {figures['p50_ms']} p99 {figures['p99_ms']} ms")
+    rss = line.get("server_memory_kb", {}).get("VmHWM")
+    if rss:
+        parts.append(f"peak RSS {rss // 1024} MB")
+    return f"{name} " + "; ".join(parts)
+
+
+def meta(args: argparse.Namespace) -> dict[str, Any]:
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for text in Path("/proc/cpuinfo").read_text().splitlines():
+            if text.startswith("model name"):
+                cpu = text.split(":", 1)[1].strip()
+                break
+    digest = hashlib.sha256()
+    for path in sorted((SNAPSHOT / "jobstore").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return {
+        "kind": "meta",
+        "src_sha256": digest.hexdigest()[:12],
+        "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit + ("+dirty src" if dirty else ""),
+        "src": str(args.src) if args.src else "src/ of this checkout",
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "data_fs": harness.filesystem_type(args.data_root),
+        "runs": args.runs,
+        "jobs": args.jobs,
+        "open_100_seconds": args.open_100,
+        "open_500_seconds": args.open_500,
+        "million": args.million,
+        "loadavg": round(os.getloadavg()[0], 2),
+    }
+
+
+def check_tools(systems: Sequence[System]) -> None:
+    needed = {"beanstalkd": "beanstalkd", "redis-server": "rq-redis"}
+    for tool, prefix in needed.items():
+        if any(s.name.startswith(prefix) for s in systems) and shutil.which(tool) is None:
+            raise SystemExit(f"bench: {tool} is not installed; run: bash bench/setup.sh")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    systems = all_systems()
+    if args.systems:
+        wanted = set(args.systems.split(","))
+        systems = [s for s in systems if s.name in wanted]
+    check_tools(systems)
+    args.data_root.mkdir(parents=True, exist_ok=True)
+    fs = harness.filesystem_type(args.data_root)
+    if fs in ("tmpfs", "ramfs"):
+        raise SystemExit(f"bench: {args.data_root} is on {fs}; pass --data-root on a real disk")
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = args.out / "runs.jsonl"
+    lines.unlink(missing_ok=True)
+    log_line(lines, meta(args))
+    session = args.data_root / f"bench-{os.getpid()}"
+    started = time.monotonic()
+    try:
+        stored = None
+        if args.million:
+            stored = session / "stored"
+            print(f"pre-filling a store with {args.stored:,} finished jobs ...", flush=True)
+            took = prefill(stored / "data", DSID, args.stored, MILLION_MAP_SIZE)
+            size = sum(f.stat().st_size for f in (stored / "data").iterdir())
+            print(f"  {took:.0f} s, data file {size / 2**20:.0f} MiB", flush=True)
+        for run in range(1, args.runs + 1):
+            for kind, name in (("echo", "ceiling-echo"), ("group-commit", "ceiling-group-commit")):
+                found = ceilings.measure(kind, args.ceiling_requests, session / f"run{run}")
+                line = {"kind": "result", "run": run, "system": name, **found}
+                log_line(lines, line)
+                print(brief(line), flush=True)
+            order = systems[run % len(systems) :] + systems[: run % len(systems)]
+            for system in order:
+                measure(system, session / f"run{run}" / system.name, args, run, lines)
+            if stored is not None:
+                big = JobstoreServer(stored / "data", MILLION_MAP_SIZE)
+                big.name = "jobstore-native-1M"
+                measure(big, stored / f"run{run}", args, run, lines)
+        if args.profile:
+            profile(args, session / "profile")
+    finally:
+        if not args.keep_data:
+            shutil.rmtree(session, ignore_errors=True)
+    end = {"kind": "end", "seconds": round(time.monotonic() - started), "loadavg": 0.0}
+    end["loadavg"] = round(os.getloadavg()[0], 2)
+    log_line(lines, end)
+    text = report.write(lines, args.out)
+    print(f"\n{text}\nresults in {args.out} after {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def profile(args: argparse.Namespace, workdir: Path) -> None:
+    """py-spy the store while the native client and driver run a throughput phase."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = JobstoreServer()
+    raw = workdir / "profile.txt"
+    try:
+        endpoints = server.start(workdir)
+        endpoints["server_pid"] = server.pid
+        assert server.pid is not None
+        spy = hotspots.start(server.pid, raw)
+        try:
+            jobs = 4000 if args.quick else 20000
+            phase = Phase("throughput", jobs)
+            [found] = run_workload(server.module, endpoints, [phase], timeout=300.0)
+        finally:
+            hotspots.finish(spy)
+    finally:
+        server.stop()
+    summary = harness_summary(found)
+    cpu = ", ".join(f"{k} {v:.3f} ms" for k, v in summary["cpu_ms_per_job"].items())
+    head = (
+        f"{jobs} jobs through the throughput phase at {summary['e2e_jobs_s']} jobs/s end to end "
+        f"(slowed by the sampling); CPU per job: {cpu}.\n\n"
+    )
+    (args.out / "profile.md").write_text(
+        "# Where jobstore's server spends its time (native workload)\n\n"
+        + head
+        + hotspots.summarise(raw)
+    )
+    print(head, flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        shutil.rmtree(SNAPSHOT, ignore_errors=True)
