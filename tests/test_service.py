@@ -509,3 +509,18 @@ def test_store_stats_describe_datasources_records_and_the_data_file(h: Harness) 
         <= stats["lmdb"]["max_map_size"]
     )
     assert stats["requests_handled"] == 3
+
+
+def test_a_waiting_take_is_answered_in_the_same_commit_as_the_submit(h: Harness) -> None:
+    submit = Request("POST", "/ds/job/", body={"job": "j", "client": "c"})
+    take = Request("POST", "/server/ds/job/take", body={"wait": 1000})
+    woken: list[set[str]] = []
+
+    def wake(dsids: set[str]) -> list[Request]:
+        woken.append(dsids)
+        return [take]
+
+    _, outcomes = h.service.handle_batch([submit], T0, wake)
+    assert woken == [{"ds"}]
+    assert [o.reply.status for o in outcomes if o.reply] == [201, 200]
+    assert outcomes[1].reply is not None and outcomes[1].reply.body["jobs"][0]["job"] == "j"

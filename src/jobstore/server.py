@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -93,7 +93,6 @@ class Server:
         }
         self._stop = threading.Event()
         self._parked: dict[str, list[_Pending]] = defaultdict(list)
-        self._woken: set[str] = set()
         self._observers: dict[bytes, _Observer] = {}
         self.served = 0
         self.dropped = 0  # replies and pushes to peers that had gone or stopped reading
@@ -139,8 +138,6 @@ class Server:
             self.ctx.term()
 
     def _timeout(self) -> int:
-        if self._woken:
-            return 0
         deadlines = [p.deadline or 0 for queue in self._parked.values() for p in queue]
         deadlines += [o.expires for o in self._observers.values() if o.expires is not None]
         if self.service.next_lease is not None:
@@ -226,11 +223,18 @@ class Server:
             zest_observers=len(self._observers),
             waiting_takes=sum(len(queue) for queue in self._parked.values()),
         )
-        pending = self._due_parked(now) + pending
+        pending = self._unpark(now, lambda dsid, deadline: deadline <= now) + pending
         if not pending and (self.service.next_lease is None or self.service.next_lease > now):
             self._expire_observers(now)
             return
-        expired, outcomes = self.service.handle_batch([p.request for p in pending], now)
+        woken: list[_Pending] = []
+
+        def wake(dsids: set[str]) -> list[Request]:
+            woken.extend(self._unpark(now, lambda dsid, deadline: dsid in dsids))
+            return [item.request for item in woken]
+
+        expired, outcomes = self.service.handle_batch([p.request for p in pending], now, wake)
+        pending += woken
         self._publish(expired)
         for item, outcome in zip(pending, outcomes, strict=True):
             if outcome.wait is not None:
@@ -241,25 +245,23 @@ class Server:
             self._publish(outcome.changes)
         self._expire_observers(now)
 
-    def _due_parked(self, now: int) -> list[_Pending]:
-        """Parked takes to run again: those whose datasource gained a job, and those out of time."""
-        due: list[_Pending] = []
+    def _unpark(self, now: int, due: Callable[[str, int], bool]) -> list[_Pending]:
+        """Take out the parked takes that are ``due(dsid, deadline)``, each waiting only what is left."""
+        out: list[_Pending] = []
         for dsid in list(self._parked):
-            woken = dsid in self._woken
             keep = []
             for parked in self._parked[dsid]:
                 deadline = parked.deadline or 0
-                if woken or deadline <= now:
+                if due(dsid, deadline):
                     body = {**parked.request.body, "wait": max(0, deadline - now)}
-                    due.append(replace(parked, request=replace(parked.request, body=body)))
+                    out.append(replace(parked, request=replace(parked.request, body=body)))
                 else:
                     keep.append(parked)
             if keep:
                 self._parked[dsid] = keep
             else:
                 del self._parked[dsid]
-        self._woken.clear()
-        return due
+        return out
 
     def _park(self, item: _Pending, wait: Wait) -> None:
         item.deadline = item.deadline or wait.deadline
@@ -286,11 +288,8 @@ class Server:
         for change in changes:
             for message in self.sealer.messages(change):
                 self.notify.send_multipart(message, zmq.NOBLOCK)
-            job = change.job
-            if job.status.queued and job.dsid in self._parked:
-                self._woken.add(job.dsid)
             if self._observers:
-                self._push(job)
+                self._push(change.job)
 
     def _push(self, job: Job) -> None:
         payload = None

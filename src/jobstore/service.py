@@ -123,29 +123,43 @@ class Service:
         return outcome
 
     def handle_batch(
-        self, requests: Sequence[Request], now: int
+        self,
+        requests: Sequence[Request],
+        now: int,
+        wake: Callable[[set[str]], Sequence[Request]] | None = None,
     ) -> tuple[list[Change], list[Outcome]]:
         """Expire leases due by ``now``, then handle ``requests``; all in one commit.
 
-        Returns the changes made by lease expiry and one outcome per request.
+        ``wake``, given the datasources that gained queued jobs, returns waiting
+        takes to run in the same transaction, so a job submitted to a waiting
+        driver costs one commit, not two. Returns the changes made by lease
+        expiry and one outcome per request, then one per woken request.
         """
         self.storage.grow()
         self._full = self.storage.fill() >= self.limits.full_at
         self._events.clear()
+        handled = list(requests)
         self.handled += len(requests)
         try:
             with self.storage.write() as txn:
                 expired = self._expire(txn, now)
                 outcomes = [self._one(txn, request, now) for request in requests]
+                queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
+                queued.update(c.job.dsid for c in expired if c.job.status.queued)
+                if wake is not None and queued:
+                    woken = wake(queued)
+                    handled += woken
+                    self.handled += len(woken)
+                    outcomes += [self._one(txn, request, now) for request in woken]
                 self._purge(txn, now)
                 self.next_lease = txn.next_lease()
             self.activity.record(self._events, now)
         except JobstoreError as exc:
-            return [], [Outcome(_error(r, exc)) for r in requests]
+            return [], [Outcome(_error(r, exc)) for r in handled]
         except lmdb.Error as exc:
             log.exception("commit failed")
             err = JobstoreError(f"the store could not commit this batch ({exc}); retry the request")
-            return [], [Outcome(_error(r, err)) for r in requests]
+            return [], [Outcome(_error(r, err)) for r in handled]
         return expired, outcomes
 
     def _purge(self, txn: Txn, now: int) -> None:
