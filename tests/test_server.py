@@ -276,3 +276,31 @@ def test_store_stats_include_the_socket_counters(
     stats = call(sock, "GET", "/stats").body
     assert stats["requests_received"] >= 3 and stats["replies_dropped"] == 0
     assert stats["zest_observers"] == 0 and stats["waiting_takes"] == 0
+
+
+def test_changes_are_sealed_only_for_topics_someone_subscribes_to(
+    ctx: zmq.Context[Any], store: RunningStore
+) -> None:
+    sealed: list[int] = []
+    real = store.server.sealer.messages
+
+    def counting(change: Any, wanted: Any) -> list[list[bytes]]:
+        messages = real(change, wanted)
+        sealed.append(len(messages))
+        return messages
+
+    store.server.sealer.messages = counting  # type: ignore[method-assign]
+    sock = dealer(ctx, store)
+    call(sock, "POST", "/ds/job/", {"job": "quiet", "client": "c"})
+    assert sealed == [0]
+    info = call(sock, "POST", "/sub/ds/job", {"client": "c"}).body
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.subscribe(info["topic"].encode())
+    sub.connect(store.notify_endpoint)
+    for i in range(100):  # until the subscription has reached the store
+        call(sock, "POST", "/ds/job/", {"job": f"j{i}", "client": "c"})
+        if sealed[-1]:
+            break
+    assert sealed[-1] == 1  # the client's topic only: nobody subscribes to the server topic
+    assert open_sealed(info["key"], recv(sub)[1])["record"]["client"] == "c"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,10 @@ import nacl.secret
 
 from .errors import ProtocolError
 from .records import Job
+
+TOPIC_LENGTH = 32
+_MAP_PREV = b"\xa2" + cbor2.dumps("prev")  # a two-entry map, then its first key
+_RECORD = cbor2.dumps("record")
 
 
 def client_topic(dsid: str, client: str) -> str:
@@ -45,13 +51,15 @@ class Sealer:
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
         self._boxes: dict[str, tuple[bytes, nacl.secret.SecretBox]] = {}
+        self._nonce_prefix = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE - 8)
+        self._count = 0
 
     def _derive(self, purpose: bytes, name: str) -> bytes:
         return hmac.new(self._secret, purpose + b"\0" + name.encode(), hashlib.sha256).digest()
 
     def topic(self, name: str) -> bytes:
         """The wire topic of a topic name."""
-        return self._derive(b"topic", name)[:16].hex().encode()
+        return self._derive(b"topic", name)[: TOPIC_LENGTH // 2].hex().encode()
 
     def key(self, name: str) -> bytes:
         """The 32-byte SecretBox key of a topic name."""
@@ -65,14 +73,26 @@ class Sealer:
             found = self._boxes[name] = (self.topic(name), nacl.secret.SecretBox(self.key(name)))
         return found
 
-    def messages(self, change: Change) -> list[list[bytes]]:
-        """The ``[topic, sealed]`` messages publishing ``change`` on each of its topics."""
-        record = change.job.wire()
+    def messages(
+        self, change: Change, wanted: Callable[[bytes], bool] = lambda _: True
+    ) -> list[list[bytes]]:
+        """The ``[topic, sealed]`` messages publishing ``change`` on those of its topics ``wanted``."""
+        record = b""
         out = []
         for name, prev in change.prev.items():
             topic, box = self._box(name)
-            out.append([topic, bytes(box.encrypt(cbor2.dumps({"prev": prev, "record": record})))])
+            if not wanted(topic):
+                continue  # nobody subscribes: sealing it would be wasted work
+            record = record or cbor2.dumps(change.job.wire())
+            # {"prev": prev, "record": record}, the record encoded once for every topic
+            plain = b"".join((_MAP_PREV, cbor2.dumps(prev), _RECORD, record))
+            out.append([topic, bytes(box.encrypt(plain, self._nonce()))])
         return out
+
+    def _nonce(self) -> bytes:
+        # Unique per key without a syscall: a random prefix per process, then a counter.
+        self._count += 1
+        return self._nonce_prefix + self._count.to_bytes(8, "big")
 
 
 def open_sealed(key: bytes, sealed: bytes) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
-from .notify import Change, Sealer
+from .notify import TOPIC_LENGTH, Change, Sealer
 from .protocol import Reply, Request, cbor, zest
 from .records import Job
 from .service import Outcome, Service, Wait
@@ -82,7 +82,10 @@ class Server:
         self.public_key = b""
         self.request = self._socket(zmq.ROUTER, self.config.request_endpoint)
         self.observe = self._socket(zmq.ROUTER, self.config.observe_endpoint)
-        self.notify = self._socket(zmq.PUB, self.config.notify_endpoint)
+        # XPUB: it tells which topics have subscribers, so nobody's changes are sealed for nothing.
+        self.notify = self._socket(zmq.XPUB, self.config.notify_endpoint)
+        self._subscribed: set[bytes] = set()  # whole topics
+        self._prefixes: set[bytes] = set()  # shorter subscriptions (b"" is everything)
         self.endpoints = {
             name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
             for name, sock in (
@@ -235,6 +238,7 @@ class Server:
 
         expired, outcomes = self.service.handle_batch([p.request for p in pending], now, wake)
         pending += woken
+        self._update_subscriptions()
         self._publish(expired)
         for item, outcome in zip(pending, outcomes, strict=True):
             if outcome.wait is not None:
@@ -284,9 +288,26 @@ class Server:
         frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
         self._send(self.request, [*item.envelope, frame])
 
+    def _update_subscriptions(self) -> None:
+        """Apply the (un)subscribe messages XPUB has for us: first byte 1 or 0, then the topic."""
+        while True:
+            try:
+                event = self.notify.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            topic = event[1:]
+            kind = self._subscribed if len(topic) >= TOPIC_LENGTH else self._prefixes
+            if event[:1] == b"\x01":
+                kind.add(topic)
+            elif event[:1] == b"\x00":
+                kind.discard(topic)
+
+    def _wanted(self, topic: bytes) -> bool:
+        return topic in self._subscribed or any(topic.startswith(p) for p in self._prefixes)
+
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
-            for message in self.sealer.messages(change):
+            for message in self.sealer.messages(change, self._wanted):
                 self.notify.send_multipart(message, zmq.NOBLOCK)
             if self._observers:
                 self._push(change.job)
