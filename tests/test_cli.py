@@ -100,7 +100,7 @@ def test_serve_logs_what_it_serves_and_exits_0_on_sigterm(tmp_path: Path) -> Non
             if "protections:" in line:
                 break
         assert any(f"request socket on ipc://{tmp_path}/request" in line for line in lines)
-        assert "CURVE OFF" in lines[-1] and "macaroons OFF" in lines[-1]
+        assert "WARNING" in lines[-1] and "CURVE OFF" in lines[-1] and "macaroons OFF" in lines[-1]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:

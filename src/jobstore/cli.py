@@ -185,7 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.identity,
     )
     for line in describe(server, auth is not None):
-        log.info("%s", line)
+        # An unprotected store is logged as a warning, so it stands out in any log.
+        log.log(logging.WARNING if "OFF" in line else logging.INFO, "%s", line)
     server.serve()
     log.info("stopped")
     return 0
