@@ -31,6 +31,7 @@ from .errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
 from .service import Limits, Service
 from .storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
+from .watch import add_cli as add_watch
 
 log = logging.getLogger("jobstore")
 SECRETS_DIR = os.environ.get("JOBSTORE_SECRETS_DIR", DEFAULT_SECRETS_DIR)
@@ -547,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("destination", help="a new directory for the copy")
     p.set_defaults(func=cmd_backup)
 
+    add_watch(sub)
     add_fake_arbiter(sub)
     return parser
 
