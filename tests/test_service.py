@@ -524,3 +524,12 @@ def test_a_waiting_take_is_answered_in_the_same_commit_as_the_submit(h: Harness)
     assert woken == [{"ds"}]
     assert [o.reply.status for o in outcomes if o.reply] == [201, 200]
     assert outcomes[1].reply is not None and outcomes[1].reply.body["jobs"][0]["job"] == "j"
+
+
+def test_a_take_that_waits_gets_a_job_submitted_later_in_the_same_batch(h: Harness) -> None:
+    take = Request("POST", "/server/ds/job/take", body={"wait": 1000})
+    submit = Request("POST", "/ds/job/", body={"job": "j", "client": "c"})
+    _, [taken, submitted] = h.service.handle_batch([take, submit], T0)
+    assert submitted.reply is not None and submitted.reply.status == 201
+    assert taken.wait is None and taken.reply is not None
+    assert [j["job"] for j in taken.reply.body["jobs"]] == ["j"]

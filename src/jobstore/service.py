@@ -146,6 +146,10 @@ class Service:
                 outcomes = [self._one(txn, request, now) for request in requests]
                 queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
                 queued.update(c.job.dsid for c in expired if c.job.status.queued)
+                for i, outcome in enumerate(outcomes):
+                    # A take that came before a submit in this batch tries again at once.
+                    if outcome.wait is not None and outcome.wait.dsid in queued:
+                        outcomes[i] = self._one(txn, requests[i], now)
                 if wake is not None and queued:
                     woken = wake(queued)
                     handled += woken
