@@ -263,6 +263,60 @@ class JobClient:
         return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
 
 
+class WatchCursor:
+    """A watch's decisions, without sockets: what to yield, when to catch up, when to give up.
+
+    ``last`` is the seq of the last record yielded; ``stale`` says the live stream
+    cannot be trusted until the watch has listed with ``since = last``.
+    """
+
+    def __init__(self, since: int, idle: float, timeout: float | None) -> None:
+        self.last = since
+        self.stale = True  # catch up before trusting the live stream
+        self.idle = idle
+        self.timeout = timeout
+        self._quiet_since = time.monotonic()
+
+    def listed(self, record: Record) -> bool:
+        """Whether a record found by catching up is new, and so is to be yielded."""
+        if record["seq"] <= self.last:
+            return False
+        self.last = record["seq"]
+        return True
+
+    def notified(self, msg: dict[str, Any]) -> Record | None:
+        """The record of an opened notification to yield, or None (seen already, or after a gap)."""
+        record: Record = msg["record"]
+        if record["seq"] <= self.last:
+            return None
+        if msg["prev"] != self.last:
+            self.stale = True
+            return None
+        self.last = record["seq"]
+        return record
+
+    def connected(self) -> None:
+        """The SUB socket (re)connected: anything published meanwhile was lost."""
+        self.stale = True
+
+    def quiet(self, seq: int) -> None:
+        """Nothing arrived for a while; ``seq`` is the store's last seq on the topic now."""
+        self.stale = seq != self.last
+
+    def delivered(self) -> None:
+        """The consumer came back for more after a record: the timeout counts from now."""
+        self._quiet_since = time.monotonic()
+
+    def wait(self) -> float:
+        """Seconds to wait for the next event; raise Timeout when the watch's timeout has run out."""
+        wait = self.idle
+        if self.timeout is not None:
+            wait = min(wait, self._quiet_since + self.timeout - time.monotonic())
+            if wait <= 0:
+                raise Timeout(f"no change to watch within {self.timeout:g} s")
+        return wait
+
+
 class Watch:
     """Every change of a topic after ``since``: caught up by listing, then followed live.
 
@@ -286,14 +340,8 @@ class Watch:
         idle: float,
         timeout: float | None = None,
     ) -> None:
-        self._conn, self._subscribe, self._catch_up, self.last, self._idle = (
-            conn,
-            subscribe,
-            catch_up,
-            since,
-            idle,
-        )
-        self._timeout = timeout
+        self._conn, self._subscribe, self._catch_up = conn, subscribe, catch_up
+        self._cursor = WatchCursor(since, idle, timeout)
         info = conn.call("POST", *subscribe)
         self._key: bytes = info["key"]
         self._sub = conn.new_socket(zmq.SUB)
@@ -305,6 +353,11 @@ class Watch:
         self._sub.setsockopt(zmq.SUBSCRIBE, info["topic"].encode())
         self._sub.connect(notify_endpoint)
         self._records = self._follow()
+
+    @property
+    def last(self) -> int:
+        """The seq of the last record yielded (``since`` until then)."""
+        return self._cursor.last
 
     def __iter__(self) -> Watch:
         return self
@@ -328,39 +381,26 @@ class Watch:
         poller = zmq.Poller()
         poller.register(self._sub, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
-        stale = True  # catch up before trusting the live stream
-        quiet_since = time.monotonic()
+        cursor = self._cursor
         while True:
-            if stale:
-                for record in self._catch_up(self.last):
-                    if record["seq"] > self.last:
-                        self.last = record["seq"]
-                        yield record
-                        quiet_since = time.monotonic()
-                stale = False
-            wait = self._idle
-            if self._timeout is not None:
-                wait = min(wait, quiet_since + self._timeout - time.monotonic())
-                if wait <= 0:
-                    raise Timeout(f"no change to watch within {self._timeout:g} s")
-            events = dict(poller.poll(max(1, int(wait * 1000))))
+            if cursor.stale:
+                for listed in self._catch_up(cursor.last):
+                    if cursor.listed(listed):
+                        yield listed
+                        cursor.delivered()
+                cursor.stale = False
+            events = dict(poller.poll(max(1, int(cursor.wait() * 1000))))
             if self._monitor in events:
                 self._monitor.recv_multipart()
-                stale = True
+                cursor.connected()
             if self._sub in events:
                 _topic, sealed = self._sub.recv_multipart()
-                msg = open_sealed(self._key, sealed)
-                record = msg["record"]
-                if record["seq"] <= self.last:
-                    continue
-                if msg["prev"] != self.last:
-                    stale = True
-                    continue
-                self.last = record["seq"]
-                yield record
-                quiet_since = time.monotonic()
+                record = cursor.notified(open_sealed(self._key, sealed))
+                if record is not None:
+                    yield record
+                    cursor.delivered()
             elif not events:
-                stale = self._conn.call("POST", *self._subscribe)["seq"] != self.last
+                cursor.quiet(self._conn.call("POST", *self._subscribe)["seq"])
 
 
 class JobContext:
@@ -390,6 +430,17 @@ class JobContext:
         with self._lock:
             self._progress = value
 
+    def _pop_progress(self) -> Any:
+        """The progress set since the last call, or None (for the driver's renewal loop)."""
+        with self._lock:
+            progress, self._progress = self._progress, None
+        return progress
+
+    def _renewed(self, record: Record) -> None:
+        """Take in the record a renewal returned (for the driver's renewal loop)."""
+        if record.get("cancel_requested"):
+            self._cancel.set()
+
 
 class JobCancelled(Exception):
     """Raise from a handler to report the job ``cancelled``."""
@@ -401,6 +452,17 @@ class RetryJob(Exception):
 
 class ForbidJob(Exception):
     """Raise from a handler to report the job ``forbidden``."""
+
+
+def handler_outcome(exc: Exception) -> tuple[str, Any]:
+    """The status and response a driver reports for a handler that raised ``exc``."""
+    if isinstance(exc, JobCancelled):
+        return "cancelled", _error_text(exc) if str(exc) else None
+    if isinstance(exc, RetryJob):
+        return "retrying", _error_text(exc) if str(exc) else None
+    if isinstance(exc, ForbidJob):
+        return "forbidden", {"error": _error_text(exc)}
+    return "failed", {"error": _error_text(exc)}
 
 
 class Driver:
@@ -523,15 +585,10 @@ class Driver:
             try:
                 outcome["response"] = handler(ctx)
                 outcome["status"] = "complete"
-            except JobCancelled as exc:
-                outcome.update(status="cancelled", response=_error_text(exc) if str(exc) else None)
-            except RetryJob as exc:
-                outcome.update(status="retrying", response=_error_text(exc) if str(exc) else None)
-            except ForbidJob as exc:
-                outcome.update(status="forbidden", response={"error": _error_text(exc)})
             except Exception as exc:
-                log.exception("job %s failed", ctx.id)
-                outcome.update(status="failed", response={"error": _error_text(exc)})
+                outcome["status"], outcome["response"] = handler_outcome(exc)
+                if outcome["status"] == "failed":
+                    log.exception("job %s failed", ctx.id)
 
         thread = threading.Thread(target=work, name=f"job-{ctx.id}", daemon=True)
         thread.start()
@@ -540,12 +597,9 @@ class Driver:
         try:
             while thread.is_alive():
                 thread.join(0.05)
-                with ctx._lock:
-                    progress, ctx._progress = ctx._progress, None
+                progress = ctx._pop_progress()
                 if progress is not None or time.monotonic() >= next_renew:
-                    record = self.report(ctx.id, "accepted", progress=progress, lease=lease)
-                    if record.get("cancel_requested"):
-                        ctx._cancel.set()
+                    ctx._renewed(self.report(ctx.id, "accepted", progress=progress, lease=lease))
                     next_renew = time.monotonic() + renew_every
             self.report(ctx.id, outcome["status"], response=outcome.get("response"))
         except RequestFailed as exc:
