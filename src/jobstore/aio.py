@@ -26,7 +26,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .client import (
+from .calls import (
     ClientRequests,
     DriverRequests,
     ForbidJob,

@@ -1,0 +1,257 @@
+"""What the sync and the asyncio libraries share: request builders, socket set-up, the watch's
+decisions, and what a driver reports for a handler's outcome. No event loop, no blocking here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from .errors import ClientError, Timeout
+from .hypercat import job_datasource_item
+
+Record = dict[str, Any]
+# A macaroon, or a function giving the macaroon for a (method, path): Databox tokens name a method.
+Token = str | Callable[[str, str], str] | None
+# One request as (method, path, body), built once for the sync and the asyncio libraries.
+Call = tuple[str, str, Any]
+# The path and body of a subscribe request (always a POST).
+Subscription = tuple[str, dict[str, Any]]
+
+
+def notify_endpoint_for(endpoint: str) -> str:
+    """The default notify endpoint beside a request endpoint: the tcp port two above it."""
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp" or parts.port is None:
+        raise ClientError(
+            f"cannot guess the notify endpoint for {endpoint}: pass notify_endpoint explicitly"
+        )
+    host = parts.hostname or "127.0.0.1"
+    if host in ("0.0.0.0", "*"):
+        host = "127.0.0.1"
+    return f"tcp://{host}:{parts.port + 2}"
+
+
+def token_for(token: Token, method: str, path: str) -> str | None:
+    """The macaroon to send with a request: the token itself, or what the token function gives."""
+    return token(method, path) if callable(token) else token
+
+
+def secure(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
+    """Set linger 0 and, with a server key, make the socket a CURVE client with a fresh keypair."""
+    sock.linger = 0
+    if server_key is not None:
+        public, secret = zmq.curve_keypair()
+        sock.curve_serverkey = server_key
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+
+
+def no_reply(method: str, path: str, endpoint: str, limit: float) -> Timeout:
+    """The Timeout for a request that got no reply."""
+    return Timeout(
+        f"no reply to {method} {path} from {endpoint} within {limit:g} s: "
+        "is the store running there (and is the server key right)?"
+    )
+
+
+class ClientRequests:
+    """The requests of the client API (contract section 4) for one client of one datasource."""
+
+    def __init__(self, dsid: str, client: str) -> None:
+        self.dsid = dsid
+        self.client = client
+
+    def submit(self, request: Any, job: str | None) -> Call:
+        """Submit a job, with a fresh GUID unless ``job`` is given."""
+        body = {"job": job or uuid.uuid4().hex, "client": self.client, "request": request}
+        return "POST", f"/{self.dsid}/job/", body
+
+    def status(self, job: str) -> Call:
+        """Read one job's record."""
+        return "GET", f"/{self.dsid}/job/{self.client}/{job}", None
+
+    def cancel(self, job: str) -> Call:
+        """Cancel one job."""
+        return "POST", f"/{self.dsid}/job/cancel", {"job": job, "client": self.client}
+
+    def page(self, since: int, limit: int | None) -> Call:
+        """List the client's jobs changed after ``since``."""
+        body: dict[str, Any] = {"client": self.client, "since": since}
+        if limit is not None:
+            body["limit"] = limit
+        return "GET", f"/{self.dsid}/job/", body
+
+    def subscription(self) -> Subscription:
+        """Subscribe to the client's topic."""
+        return f"/sub/{self.dsid}/job", {"client": self.client}
+
+
+class DriverRequests:
+    """The requests of the server API (contract section 5) for one datasource."""
+
+    def __init__(self, dsid: str) -> None:
+        self.dsid = dsid
+        self.base = f"/server/{dsid}/job"
+
+    def register(self, endpoint: str, description: str, href: str | None) -> Call:
+        """Add the datasource to the hypercat catalogue; ``href`` defaults to ``<endpoint>/<dsid>``."""
+        return (
+            "POST",
+            "/cat",
+            job_datasource_item(href or f"{endpoint}/{self.dsid}", self.dsid, description),
+        )
+
+    def take(self, max: int, lease: int | None, wait: int) -> Call:
+        """Take up to ``max`` queued jobs, waiting up to ``wait`` ms for one."""
+        body: dict[str, Any] = {"max": max, "wait": wait}
+        if lease is not None:
+            body["lease"] = lease
+        return "POST", f"{self.base}/take", body
+
+    def accept(self, job: str, lease: int | None) -> Call:
+        """Accept one named job."""
+        body: dict[str, Any] = {"job": job}
+        if lease is not None:
+            body["lease"] = lease
+        return "POST", f"{self.base}/accept", body
+
+    def report(self, job: str, status: str, fields: dict[str, Any]) -> Call:
+        """Report a status; fields that are None are left out."""
+        body = {"job": job, "status": status}
+        body.update((k, v) for k, v in fields.items() if v is not None)
+        return "POST", f"{self.base}/status", body
+
+    def page(self, since: int, filters: dict[str, Any]) -> Call:
+        """List the datasource's jobs changed after ``since`` (filters: status, client, limit)."""
+        return "GET", f"{self.base}/", {"since": since, **filters}
+
+    def subscription(self) -> Subscription:
+        """Subscribe to the datasource's server topic."""
+        return f"/sub{self.base}", {}
+
+
+class WatchCursor:
+    """A watch's decisions, without sockets: what to yield, when to catch up, when to give up.
+
+    ``last`` is the seq of the last record yielded; ``stale`` says the live stream
+    cannot be trusted until the watch has listed with ``since = last``.
+    """
+
+    def __init__(self, since: int, idle: float, timeout: float | None) -> None:
+        self.last = since
+        self.stale = True  # catch up before trusting the live stream
+        self.idle = idle
+        self.timeout = timeout
+        self._quiet_since = time.monotonic()
+
+    def listed(self, record: Record) -> bool:
+        """Whether a record found by catching up is new, and so is to be yielded."""
+        if record["seq"] <= self.last:
+            return False
+        self.last = record["seq"]
+        return True
+
+    def notified(self, msg: dict[str, Any]) -> Record | None:
+        """The record of an opened notification to yield, or None (seen already, or after a gap)."""
+        record: Record = msg["record"]
+        if record["seq"] <= self.last:
+            return None
+        if msg["prev"] != self.last:
+            self.stale = True
+            return None
+        self.last = record["seq"]
+        return record
+
+    def connected(self) -> None:
+        """The SUB socket (re)connected: anything published meanwhile was lost."""
+        self.stale = True
+
+    def quiet(self, seq: int) -> None:
+        """Nothing arrived for a while; ``seq`` is the store's last seq on the topic now."""
+        self.stale = seq != self.last
+
+    def delivered(self) -> None:
+        """The consumer came back for more after a record: the timeout counts from now."""
+        self._quiet_since = time.monotonic()
+
+    def wait(self) -> float:
+        """Seconds to wait for the next event; raise Timeout when the watch's timeout has run out."""
+        wait = self.idle
+        if self.timeout is not None:
+            wait = min(wait, self._quiet_since + self.timeout - time.monotonic())
+            if wait <= 0:
+                raise Timeout(f"no change to watch within {self.timeout:g} s")
+        return wait
+
+
+class JobContext:
+    """What a :meth:`Driver.run` handler sees of the job it is running."""
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self._progress: Any = None
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return str(self.record["job"])
+
+    @property
+    def request(self) -> Any:
+        return self.record["request"]
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the client asked to cancel; the handler decides (raise JobCancelled to stop)."""
+        return self._cancel.is_set()
+
+    def progress(self, value: Any) -> None:
+        """Report progress; it is sent with the next lease renewal (at once if none is due)."""
+        with self._lock:
+            self._progress = value
+
+    def _pop_progress(self) -> Any:
+        """The progress set since the last call, or None (for the driver's renewal loop)."""
+        with self._lock:
+            progress, self._progress = self._progress, None
+        return progress
+
+    def _renewed(self, record: Record) -> None:
+        """Take in the record a renewal returned (for the driver's renewal loop)."""
+        if record.get("cancel_requested"):
+            self._cancel.set()
+
+
+class JobCancelled(Exception):
+    """Raise from a handler to report the job ``cancelled``."""
+
+
+class RetryJob(Exception):
+    """Raise from a handler to hand the job back for another attempt (``retrying``)."""
+
+
+class ForbidJob(Exception):
+    """Raise from a handler to report the job ``forbidden``."""
+
+
+def handler_outcome(exc: Exception) -> tuple[str, Any]:
+    """The status and response a driver reports for a handler that raised ``exc``."""
+    if isinstance(exc, JobCancelled):
+        return "cancelled", _error_text(exc) if str(exc) else None
+    if isinstance(exc, RetryJob):
+        return "retrying", _error_text(exc) if str(exc) else None
+    if isinstance(exc, ForbidJob):
+        return "forbidden", {"error": _error_text(exc)}
+    return "failed", {"error": _error_text(exc)}
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
