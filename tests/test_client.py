@@ -224,3 +224,25 @@ def test_driver_lists_and_watches_every_client(store: RunningStore) -> None:
         assert {next(watch)["job"], next(watch)["job"]} == {"ja", "jb"}
         assert sorted(r["job"] for r in driver.jobs()) == ["ja", "jb"]
         assert [r["job"] for r in driver.jobs(client="b")] == ["jb"]
+
+
+def test_calls_to_a_store_that_never_answers_time_out_even_with_a_full_queue(tmp_path: Any) -> None:
+    import zmq
+
+    # A bound DEALER that never reads, and a client whose queue to it holds one message:
+    # the second send would block for ever without a bound.
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.DEALER)
+    silent.linger = 0
+    silent.rcvhwm = 1
+    silent.bind(f"ipc://{tmp_path}/silent")
+    ctx.sndhwm = 1  # the default for sockets made from now on
+    try:
+        app = JobClient(f"ipc://{tmp_path}/silent", "ds", "c", timeout=0.05)
+    finally:
+        del ctx.sockopts[zmq.SNDHWM]
+    with app:
+        for _ in range(5):
+            with pytest.raises(Timeout):
+                app.submit("x" * 100_000)
+    silent.close()

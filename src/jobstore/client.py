@@ -87,9 +87,13 @@ class Connection:
         """Send one request and return the reply body; raise RequestFailed on an error status."""
         rid = next(self._ids)
         token = token_for(self.token, method, path)
-        self.socket.send(cbor.encode_request(method, path, body, token=token, id=rid))
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
+        frame = cbor.encode_request(method, path, body, token=token, id=rid)
+        # A send to a store that is down blocks once the queue fills: bound it by the timeout too.
+        if not self.socket.poll(max(1, int(limit * 1000)), zmq.POLLOUT):
+            raise no_reply(method, path, self.endpoint, limit)
+        self.socket.send(frame, zmq.NOBLOCK)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.socket.poll(int(left * 1000) + 1):
