@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from jobstore.errors import ConfigError, Timeout
-from jobstore.watch import RICH_HINT, WatchState, add_cli, parse_progress, run_watch
+from jobstore.watch import RICH_HINT, add_cli, run_watch
+from jobstore.watchstate import WatchState, parse_progress
 
 from .conftest import RunningStore
 
