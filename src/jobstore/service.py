@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cbor2
 import lmdb
 
 from . import hypercat
@@ -34,13 +33,21 @@ from .protocol import Reply, Request
 from .records import RESERVED_DSIDS, Job, check_dsid, check_name
 from .states import REPORTS, Event, Status, apply
 from .storage import Storage, Txn
+from .validation import (
+    body_map,
+    canonical,
+    check_plain,
+    int_field,
+    names,
+    seq_segment,
+    status_name,
+)
 
 if TYPE_CHECKING:
     from .auth import Authoriser
 
 log = logging.getLogger(__name__)
 
-MAX_DEPTH = 32
 # What /server/<DSID>/stats counts of each event; reports that end a job count as finished.
 EVENT_KINDS = {
     Event.TAKE: "taken",
@@ -268,18 +275,18 @@ class Service:
 
     def submit(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
-        body = _body(request, required=("job", "client"), optional=("request",))
+        body = body_map(request, required=("job", "client"), optional=("request",))
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
         payload = body.get("request")
-        _plain("request", payload)
+        check_plain("request", payload)
         existing = txn.get(dsid, job_id)
         if existing is not None:
             if existing.client != client:
                 raise Conflict(
                     f'job id "{job_id}" already belongs to another client; use a fresh GUID per job'
                 )
-            if _canonical(existing.request) != _canonical(payload):
+            if canonical(existing.request) != canonical(payload):
                 raise Conflict(
                     f'job id "{job_id}" was already submitted with a different request; '
                     "use a fresh GUID per job",
@@ -311,7 +318,7 @@ class Service:
             )
 
     def cancel(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
-        body = _body(request, required=("job", "client"))
+        body = body_map(request, required=("job", "client"))
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
         job = self._owned(txn, params[0], job_id, client)
@@ -321,7 +328,7 @@ class Service:
         return Outcome(_ok(request, change.job.wire()), [change])
 
     def query(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
-        body = _body(request, required=("client",), optional=("job", "since", "limit"))
+        body = body_map(request, required=("client",), optional=("job", "since", "limit"))
         client = check_name("client", body["client"])
         if "job" in body:
             if "since" in body or "limit" in body:
@@ -339,7 +346,7 @@ class Service:
         if request.observe is not None:
             self._authorise(request, client=client)
             return Outcome(_ok(request, None), observe=Observe(dsid, client, request.max_age))
-        since = {"since": _seq_segment(params[2])} if len(params) > 2 else {}
+        since = {"since": seq_segment(params[2])} if len(params) > 2 else {}
         return self._list(request, txn, dsid, client, since)
 
     def _status(self, request: Request, txn: Txn, dsid: str, client: str, job_id: str) -> Outcome:
@@ -350,11 +357,11 @@ class Service:
         self, request: Request, txn: Txn, dsid: str, client: str | None, body: dict[str, Any]
     ) -> Outcome:
         self._authorise(request, client=client)
-        since = _int(body, "since", 0, 0, 2**63)
-        limit = _int(body, "limit", self.limits.page_size, 1, self.limits.max_page_size)
+        since = int_field(body, "since", 0, 0, 2**63)
+        limit = int_field(body, "limit", self.limits.page_size, 1, self.limits.max_page_size)
         status = body.get("status")
         if status is not None:
-            status = _status_name(status)
+            status = status_name(status)
         jobs: list[dict[str, Any]] = []
         last, scanned = since, 0
         for seq, job in txn.changed_since(dsid, client, since):
@@ -367,7 +374,7 @@ class Service:
 
     def subscribe(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
-        body = _body(request, required=("client",))
+        body = body_map(request, required=("client",))
         client = check_name("client", body["client"])
         self._authorise(request, client=client, path=f"/{dsid}/job/{client}", observe=True)
         return self._subscription(request, txn, client_topic(dsid, client))
@@ -388,7 +395,7 @@ class Service:
         if request.observe is not None:
             self._authorise(request)
             return Outcome(_ok(request, None), observe=Observe(dsid, None, request.max_age))
-        body = _body(request, optional=("status", "client", "since", "limit"))
+        body = body_map(request, optional=("status", "client", "since", "limit"))
         client = body.get("client")
         if client is not None:
             check_name("client", client)
@@ -396,11 +403,11 @@ class Service:
 
     def take(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
-        body = _body(request, optional=("max", "lease", "wait"))
+        body = body_map(request, optional=("max", "lease", "wait"))
         limits = self.limits
-        count = _int(body, "max", 1, 1, limits.max_take)
-        lease = _int(body, "lease", limits.lease_ms, 1, 2**40)
-        wait = _int(body, "wait", 0, 0, limits.max_wait_ms)
+        count = int_field(body, "max", 1, 1, limits.max_take)
+        lease = int_field(body, "lease", limits.lease_ms, 1, 2**40)
+        wait = int_field(body, "wait", 0, 0, limits.max_wait_ms)
         self._authorise(request)
         jobs = txn.queued(dsid, count)
         if not jobs and wait:
@@ -414,9 +421,9 @@ class Service:
         return Outcome(_ok(request, {"jobs": [c.job.wire() for c in changes]}), changes)
 
     def accept(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
-        body = _body(request, required=("job",), optional=("lease",))
+        body = body_map(request, required=("job",), optional=("lease",))
         job_id = check_name("job", body["job"])
-        lease = _int(body, "lease", self.limits.lease_ms, 1, 2**40)
+        lease = int_field(body, "lease", self.limits.lease_ms, 1, 2**40)
         self._authorise(request)
         job = self._get(txn, params[0], job_id)
         change = self._transition(
@@ -425,21 +432,21 @@ class Service:
         return Outcome(_ok(request, change.job.wire()), [change])
 
     def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
-        body = _body(
+        body = body_map(
             request, required=("job", "status"), optional=("response", "progress", "lease")
         )
         job_id = check_name("job", body["job"])
-        status = _status_name(body["status"])
-        lease = _int(body, "lease", self.limits.lease_ms, 1, 2**40)
+        status = status_name(body["status"])
+        lease = int_field(body, "lease", self.limits.lease_ms, 1, 2**40)
         fields: dict[str, Any] = {k: body[k] for k in ("response", "progress") if k in body}
         for key, value in fields.items():
-            _plain(key, value)
+            check_plain(key, value)
         self._authorise(request)
         job = self._get(txn, params[0], job_id)
         event = REPORTS.get(status)
         if event is None:
             raise Conflict(
-                f"a server cannot set status {status.value!r}; report one of " + _names(REPORTS),
+                f"a server cannot set status {status.value!r}; report one of " + names(REPORTS),
                 job.wire(),
             )
         if status is Status.ACCEPTED:
@@ -499,13 +506,9 @@ class Service:
 
     def subscribe_server(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
-        _body(request)
+        body_map(request)
         self._authorise(request, path=f"/server/{dsid}/job", observe=True)
         return self._subscription(request, txn, server_topic(dsid))
-
-
-def _names(statuses: Any) -> str:
-    return ", ".join(s.value for s in statuses)
 
 
 # (path shape, method) -> handler. In a shape, "D" is a datasource id, "N" a name,
@@ -572,77 +575,3 @@ def _error(request: Request, exc: JobstoreError) -> Reply:
 
 def _ok(request: Request, body: Any) -> Reply:
     return Reply(200, body, id=request.id)
-
-
-def _body(
-    request: Request, required: Sequence[str] = (), optional: Sequence[str] = ()
-) -> dict[str, Any]:
-    body = request.body
-    allowed = (*required, *optional)
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise BadRequest(
-            f"body must be a map with keys {', '.join(allowed) or '(none)'}, got {type(body).__name__}"
-        )
-    for key in required:
-        if key not in body:
-            raise BadRequest(
-                f"body is missing {key!r}; {request.method} {request.path} needs {', '.join(required)}"
-            )
-    for key in body:
-        if key not in allowed:
-            raise BadRequest(
-                f"body has unknown key {key!r:.60}; allowed keys are {', '.join(allowed) or '(none)'}"
-            )
-    return body
-
-
-def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = body.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"{key} must be an integer from {low} to {high}, got {value!r:.60}")
-    return value
-
-
-def _seq_segment(text: str) -> int:
-    if not text.isdigit() or len(text) > 19:
-        raise BadRequest(f"since must be a decimal seq number in the path, got {text[:60]!r}")
-    return int(text)
-
-
-def _status_name(value: Any) -> Status:
-    try:
-        return Status(value)
-    except ValueError:
-        raise BadRequest(f"status must be one of {_names(Status)}, got {value!r:.60}") from None
-
-
-def _plain(name: str, value: Any, depth: int = 0) -> None:
-    """Reject values that are not plain data (so every codec, JSON included, can carry them)."""
-    if depth > MAX_DEPTH:
-        raise BadRequest(f"{name} is nested deeper than {MAX_DEPTH} levels")
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        return
-    if isinstance(value, list):
-        for item in value:
-            _plain(name, item, depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise BadRequest(
-                    f"{name} has a map key that is not text ({key!r:.40}); use text keys"
-                )
-            _plain(name, item, depth + 1)
-        return
-    raise BadRequest(
-        f"{name} holds a {type(value).__name__}; only maps, arrays, text, bytes, numbers, "
-        "booleans and null are stored"
-    )
-
-
-def _canonical(value: Any) -> bytes:
-    return cbor2.dumps(value, canonical=True)
