@@ -142,8 +142,7 @@ class Service:
         driver costs one commit, not two. Returns the changes made by lease
         expiry and one outcome per request, then one per woken request.
         """
-        self.storage.grow()
-        self._full = self.storage.fill() >= self.limits.full_at
+        self._full = self.storage.grow() >= self.limits.full_at
         self._events.clear()
         handled = list(requests)
         self.handled += len(requests)

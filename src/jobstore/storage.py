@@ -112,6 +112,7 @@ class Storage:
             lock=True,
             readonly=readonly,
         )
+        self._page_size = int(self.env.stat()["psize"])
         self.dbs = {
             name: self.env.open_db(name.encode(), create=not readonly)
             for name in ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
@@ -135,17 +136,22 @@ class Storage:
 
     def used(self) -> int:
         """Bytes of the map in use (pages up to the last one written)."""
-        return int((self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+        return int((self.env.info()["last_pgno"] + 1) * self._page_size)
 
     def fill(self) -> float:
         """How full the map may become, as a fraction of its ceiling (``max_map_size``)."""
         return self.used() / self.max_map_size
 
-    def grow(self) -> None:
-        """Double the map (up to the ceiling) once it is GROW_AT full. Call with no transaction open."""
-        size = int(self.env.info()["map_size"])
-        if size < self.max_map_size and self.used() > size * GROW_AT:
+    def grow(self) -> float:
+        """Double the map (up to the ceiling) once it is GROW_AT full; return :meth:`fill`.
+
+        Call with no transaction open.
+        """
+        info = self.env.info()
+        size, used = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
+        if size < self.max_map_size and used > size * GROW_AT:
             self.env.set_mapsize(min(size * 2, self.max_map_size))
+        return used / self.max_map_size
 
     @contextmanager
     def write(self) -> Iterator[Txn]:
