@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
-from .notify import TOPIC_LENGTH, Change, Sealer
+from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
 from .records import Job
 from .service import Outcome, Service, Wait
@@ -77,7 +77,7 @@ class Server:
     def __init__(self, service: Service, config: ServerConfig | None = None) -> None:
         self.service = service
         self.config = config or ServerConfig()
-        self.sealer = Sealer(service.storage.secret)
+        self.sealer = service.sealer  # the same topics and keys the subscribe replies hand out
         self.ctx = zmq.Context()
         self.public_key = b""
         self.request = self._socket(zmq.ROUTER, self.config.request_endpoint)

@@ -379,10 +379,9 @@ class Service:
         return self._subscription(request, txn, client_topic(dsid, client))
 
     def _subscription(self, request: Request, txn: Txn, name: str) -> Outcome:
-        sealer = self.sealer
         reply = {
-            "topic": sealer.topic(name).decode(),
-            "key": sealer.key(name),
+            "topic": self.sealer.topic(name).decode(),
+            "key": self.sealer.key(name),
             "seq": txn.topic_seq(name),
         }
         return Outcome(_ok(request, reply))

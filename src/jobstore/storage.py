@@ -335,9 +335,6 @@ class Txn:
             out.append(self._must_get(dsid, job))
         return out
 
-    def has_queued(self, dsid: str) -> bool:
-        return next(self._scan("queue", _name(dsid)), None) is not None
-
     def changed_since(self, dsid: str, client: str | None, since: int) -> Iterator[tuple[int, Job]]:
         """(seq, record) of a datasource's (or one client's) jobs changed after ``since``."""
         prefix = _name(dsid) if client is None else _name(dsid, client)
