@@ -55,6 +55,7 @@ EVENT_KINDS = {
     Event.LEASE_EXHAUSTED: "lease_expired",
 }
 SCAN_LIMIT = 10_000
+ROUTE_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,8 @@ class Service:
         self._events: list[tuple[str, str]] = []  # (dsid, kind) of this batch, recorded on commit
         self.handled = 0
         self.transport: dict[str, int] = {}  # counters the socket adapter keeps, shown in /stats
+        # (method, path) -> route: a hot path is matched and its names checked once, not per request.
+        self._routes: dict[tuple[str, str], tuple[Handler, list[str]]] = {}
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
 
@@ -181,7 +184,7 @@ class Service:
     def _one(self, txn: Txn, request: Request, now: int) -> Outcome:
         mark = len(self._events)
         try:
-            handler, params = route(request)
+            handler, params = self._route(request)
             with txn.nested() as child:
                 return handler(self, child, request, now, params)
         except JobstoreError as exc:
@@ -195,6 +198,16 @@ class Service:
             )
         del self._events[mark:]  # the request's changes were rolled back, and so are its events
         return Outcome(_error(request, error))
+
+    def _route(self, request: Request) -> tuple[Handler, list[str]]:
+        key = (request.method, request.path)
+        found = self._routes.get(key)
+        if found is None:
+            found = route(request)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[key] = found
+        return found
 
     def _authorise(
         self,

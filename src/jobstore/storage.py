@@ -20,6 +20,11 @@ meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, 
 The index entries of a record are a function of the record alone
 (:func:`index_keys`), so :meth:`Txn.put` replaces exactly the old record's
 entries with the new one's.
+
+The counters in meta (seq, topic seqs, job counts) change with nearly every
+request, so a transaction keeps the values it sets in memory and puts each one
+once, when the batch commits: a counter costs a dict update per change, not an
+LMDB read and write.
 """
 
 from __future__ import annotations
@@ -158,7 +163,9 @@ class Storage:
         """One write transaction, committed (and fsynced) when the block ends without error."""
         try:
             with self.env.begin(write=True) as txn:
-                yield Txn(self, txn)
+                top = Txn(self, txn)
+                yield top
+                top.flush()
         except lmdb.MapFullError:
             raise StorageFull(
                 "the store's data file is full: purge old jobs or restart with a larger --map-size"
@@ -173,21 +180,53 @@ class Storage:
 class Txn:
     """Typed access to the databases inside one LMDB transaction."""
 
-    def __init__(self, storage: Storage, txn: lmdb.Transaction) -> None:
+    def __init__(self, storage: Storage, txn: lmdb.Transaction, parent: Txn | None = None) -> None:
         self.storage = storage
         self.txn = txn
         self.db = storage.dbs
+        self._meta = storage.dbs["meta"]
+        self._parent = parent
+        self._counters: dict[bytes, int] = {}  # set here, not yet put: see the module docstring
 
     @contextmanager
     def nested(self) -> Iterator[Txn]:
         """A child transaction: its writes land in this one only if the block succeeds."""
-        child = self.storage.env.begin(write=True, parent=self.txn)
+        lmdb_child = self.storage.env.begin(write=True, parent=self.txn)
+        child = Txn(self.storage, lmdb_child, self)
         try:
-            yield Txn(self.storage, child)
+            yield child
         except BaseException:
-            child.abort()
+            lmdb_child.abort()
             raise
-        child.commit()
+        lmdb_child.commit()
+        self._counters.update(child._counters)
+
+    def counter(self, key: bytes) -> int:
+        """A meta counter's value in this transaction (0 when never set)."""
+        txn: Txn | None = self
+        while txn is not None:
+            value = txn._counters.get(key)
+            if value is not None:
+                return value
+            txn = txn._parent
+        raw = self.txn.get(key, db=self._meta)
+        return 0 if raw is None else int.from_bytes(raw, "big")
+
+    def set_counter(self, key: bytes, value: int) -> None:
+        self._counters[key] = value
+
+    def flush(self) -> None:
+        """Put the counters set in this transaction and its parents (before a scan, or the commit)."""
+        chain: list[Txn] = []
+        txn: Txn | None = self
+        while txn is not None:
+            chain.append(txn)
+            txn = txn._parent
+        merged: dict[bytes, int] = {}
+        for txn in reversed(chain):
+            merged.update(txn._counters)
+        for key, value in merged.items():
+            self.txn.put(key, u64(value), db=self._meta)
 
     def meta(self, key: bytes) -> bytes | None:
         value = self.txn.get(key, db=self.db["meta"])
@@ -198,20 +237,18 @@ class Txn:
 
     def seq(self) -> int:
         """The last change number used in this store (0 when none)."""
-        raw = self.meta(SEQ_KEY)
-        return 0 if raw is None else int.from_bytes(raw, "big")
+        return self.counter(SEQ_KEY)
 
     def next_seq(self) -> int:
-        seq = self.seq() + 1
-        self.set_meta(SEQ_KEY, u64(seq))
+        seq = self.counter(SEQ_KEY) + 1
+        self._counters[SEQ_KEY] = seq
         return seq
 
     def topic_seq(self, topic: str) -> int:
-        raw = self.meta(b"t:" + topic.encode())
-        return 0 if raw is None else int.from_bytes(raw, "big")
+        return self.counter(b"t:" + topic.encode())
 
     def set_topic_seq(self, topic: str, seq: int) -> None:
-        self.set_meta(b"t:" + topic.encode(), u64(seq))
+        self._counters[b"t:" + topic.encode()] = seq
 
     def catalogue_items(self) -> list[Any]:
         raw = self.meta(CATALOGUE_KEY)
@@ -258,11 +295,11 @@ class Txn:
         self._add(count_key(job.dsid, job.client), delta)
 
     def _add(self, key: bytes, delta: int) -> None:
-        raw = self.meta(key)
-        self.set_meta(key, u64((0 if raw is None else int.from_bytes(raw, "big")) + delta))
+        self._counters[key] = self.counter(key) + delta
 
     def by_status(self, dsid: str) -> dict[str, int]:
         """How many jobs of a datasource are in each status (statuses with none left out)."""
+        self.flush()
         prefix = STATUS_PREFIX + _name(dsid)
         out = {}
         cursor = self.txn.cursor(db=self.db["meta"])
@@ -276,6 +313,7 @@ class Txn:
 
     def datasources(self) -> list[str]:
         """Every datasource that holds jobs or has held them."""
+        self.flush()
         names: list[str] = []
         cursor = self.txn.cursor(db=self.db["meta"])
         if cursor.set_range(STATUS_PREFIX):
@@ -298,8 +336,7 @@ class Txn:
 
     def active(self, dsid: str, client: str | None = None) -> int:
         """How many jobs of a datasource (or of one client in it) are not yet terminal."""
-        raw = self.meta(count_key(dsid) if client is None else count_key(dsid, client))
-        return 0 if raw is None else int.from_bytes(raw, "big")
+        return self.counter(count_key(dsid) if client is None else count_key(dsid, client))
 
     def ended_before(self, when: int, limit: int) -> list[Job]:
         """Up to ``limit`` terminal jobs that ended before ``when``, oldest first."""
