@@ -10,7 +10,9 @@ from jobstore.protocol.cbor import (
     decode_request,
     encode_reply,
     encode_request,
+    head,
     is_native,
+    jobs_body,
 )
 
 plain = st.recursive(
@@ -96,3 +98,32 @@ def test_truncated_cbor_is_a_protocol_error() -> None:
 def test_token_given_as_ascii_bytes_becomes_text() -> None:
     frame = cbor2.dumps({"method": "GET", "path": "/x", "token": b"abc"})
     assert decode_request(frame).token == "abc"
+
+
+@given(st.integers(100, 599), plain, st.none() | st.text(max_size=40), ids)
+def test_reply_with_a_preencoded_body_encodes_as_the_plain_reply(
+    status: int, body: object, error: object, rid: object
+) -> None:
+    plain_reply = Reply(status, body, error, rid)  # type: ignore[arg-type]
+    spliced = Reply(status, body, error, rid, encoded_body=cbor2.dumps(body))  # type: ignore[arg-type]
+    assert cbor2.loads(encode_reply(spliced)) == cbor2.loads(encode_reply(plain_reply))
+
+
+@given(st.lists(plain, max_size=30))
+def test_jobs_body_is_a_map_of_the_encoded_records(records: list[object]) -> None:
+    assert cbor2.loads(jobs_body([cbor2.dumps(r) for r in records])) == {"jobs": records}
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_head_of_a_uint_is_its_encoding(n: int) -> None:
+    assert head(0, n) == cbor2.dumps(n)
+
+
+@given(st.integers(0, 300))
+def test_head_of_an_array_starts_its_encoding(n: int) -> None:
+    assert head(4, n) + b"\x00" * n == cbor2.dumps([0] * n)
+
+
+def test_head_refuses_what_cbor_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="does not fit"):
+        head(0, 2**64)

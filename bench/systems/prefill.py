@@ -18,7 +18,7 @@ from harness import RESPONSE, make_request
 from jobstore.notify import client_topic, server_topic
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.storage import SEQ_KEY, Storage, u64
+from jobstore.storage import SEQ_KEY, Storage
 
 BATCH = 50_000
 CLIENTS = 1000
@@ -55,7 +55,7 @@ def prefill(data_dir: Path, dsid: str, jobs: int, map_size: int) -> float:
                 last_seq[server_topic(dsid)] = seq
                 for topic, topic_seq in last_seq.items():
                     txn.set_topic_seq(topic, topic_seq)
-                txn.set_meta(SEQ_KEY, u64(seq))
+                txn.set_counter(SEQ_KEY, seq)
     finally:
         storage.close()
     return time.monotonic() - start

@@ -43,7 +43,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
     for key, value in txn.txn.cursor(db=txn.db["jobs"]):
         count += 1
         try:
-            job = records.load(bytes(value))
+            job = records.load(bytes(key).split(b"\0", 1)[0].decode(), bytes(value))
         except Exception as exc:
             problems.append(f"record {bytes(key)!r} does not decode: {exc}")
             continue

@@ -20,6 +20,7 @@ import nacl.exceptions
 import nacl.secret
 
 from .errors import ProtocolError
+from .protocol.cbor import head
 from .records import Job
 
 TOPIC_LENGTH = 32
@@ -39,10 +40,15 @@ def server_topic(dsid: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A committed change to publish: the record and, per topic name, the previous seq there."""
+    """A committed change to publish: the record and, per topic name, the previous seq there.
+
+    ``wire`` is the record as the contract shows it and ``encoded`` its CBOR encoding.
+    """
 
     job: Job
     prev: dict[str, int]
+    wire: dict[str, Any]
+    encoded: bytes
 
 
 class Sealer:
@@ -77,15 +83,13 @@ class Sealer:
         self, change: Change, wanted: Callable[[bytes], bool] = lambda _: True
     ) -> list[list[bytes]]:
         """The ``[topic, sealed]`` messages publishing ``change`` on those of its topics ``wanted``."""
-        record = b""
         out = []
         for name, prev in change.prev.items():
             topic, box = self._box(name)
             if not wanted(topic):
                 continue  # nobody subscribes: sealing it would be wasted work
-            record = record or cbor2.dumps(change.job.wire())
-            # {"prev": prev, "record": record}, the record encoded once for every topic
-            plain = b"".join((_MAP_PREV, cbor2.dumps(prev), _RECORD, record))
+            # {"prev": prev, "record": record}, the record encoded once per change
+            plain = b"".join((_MAP_PREV, head(0, prev), _RECORD, change.encoded))
             out.append([topic, bytes(box.encrypt(plain, self._nonce()))])
         return out
 

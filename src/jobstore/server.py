@@ -23,7 +23,6 @@ import zmq
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
-from .records import Job
 from .service import Outcome, Service, Wait
 
 log = logging.getLogger(__name__)
@@ -310,15 +309,15 @@ class Server:
             for message in self.sealer.messages(change, self._wanted):
                 self.notify.send_multipart(message, zmq.NOBLOCK)
             if self._observers:
-                self._push(change.job)
+                self._push(change)
 
-    def _push(self, job: Job) -> None:
-        payload = None
+    def _push(self, change: Change) -> None:
+        job, payload = change.job, None
         for obs in self._observers.values():
             if obs.dsid != job.dsid or (obs.client is not None and obs.client != job.client):
                 continue
             if payload is None:
-                payload = zest_push_payload(job)
+                payload = zest_push_payload(change)
             self._send_observe(obs.ident, zest.encode_push(payload))
 
     def _send_observe(self, ident: bytes, frame: bytes) -> None:
@@ -345,10 +344,11 @@ class Server:
         self.service.storage.close()
 
 
-def zest_push_payload(job: Job) -> bytes:
+def zest_push_payload(change: Change) -> bytes:
     """The payload of a Zest observe push: ``<ms> <path> json <record as JSON>``."""
+    job = change.job
     path = f"/{job.dsid}/job/{job.client}/{job.job}"
-    return f"{job.updated} {path} json ".encode() + json_bytes(job.wire())
+    return f"{job.updated} {path} json ".encode() + json_bytes(change.wire)
 
 
 def json_bytes(value: Any) -> bytes:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import cbor2
 import lmdb
 
 from . import hypercat
@@ -30,6 +31,7 @@ from .errors import (
 )
 from .notify import Change, Sealer, client_topic, server_topic
 from .protocol import Reply, Request
+from .protocol.cbor import jobs_body
 from .records import RESERVED_DSIDS, Job, check_dsid, check_name
 from .states import REPORTS, Event, Status, apply
 from .storage import Storage, Txn
@@ -226,12 +228,16 @@ class Service:
                 observe=observe or request.observe is not None,
             )
 
-    def _change(self, txn: Txn, job: Job) -> Change:
+    def _store(self, txn: Txn, new: Job, old: Job | None) -> Change:
+        """Store ``new`` (replacing ``old``) and return the change to publish."""
+        wire = new.wire()
+        encoded = cbor2.dumps(wire)  # once: stored, replied and sealed as is
+        txn.put(new, old, encoded)
         prev = {}
-        for name in (client_topic(job.dsid, job.client), server_topic(job.dsid)):
+        for name in (client_topic(new.dsid, new.client), server_topic(new.dsid)):
             prev[name] = txn.topic_seq(name)
-            txn.set_topic_seq(name, job.seq)
-        return Change(job, prev)
+            txn.set_topic_seq(name, new.seq)
+        return Change(new, prev, wire, encoded)
 
     def _transition(self, txn: Txn, job: Job, event: Event, now: int, **fields: Any) -> Change:
         try:
@@ -244,11 +250,10 @@ class Service:
         if status is not job.status:
             fields["history"] = (*job.history, (status.value, now))[-self.limits.history_length :]
         new = job.evolve(status=status, updated=now, seq=txn.next_seq(), **fields)
-        txn.put(new, job)
         kind = EVENT_KINDS.get(event) or ("finished" if status.terminal else None)
         if kind is not None:
             self._events.append((job.dsid, kind))
-        return self._change(txn, new)
+        return self._store(txn, new, job)
 
     def _expire(self, txn: Txn, now: int) -> list[Change]:
         if self.next_lease is None or self.next_lease > now:
@@ -306,10 +311,11 @@ class Service:
                 )
             return Outcome(_ok(request, existing.wire()))
         self._admit(txn, dsid, client)
-        job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, txn.next_seq())
-        job = job.evolve(history=((Status.SUBMITTED.value, now),))
-        txn.put(job, None)
-        return Outcome(Reply(201, job.wire(), id=request.id), [self._change(txn, job)])
+        seq = txn.next_seq()
+        history = ((Status.SUBMITTED.value, now),)
+        job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, seq, history=history)
+        change = self._store(txn, job, None)
+        return Outcome(_changed(request, change, 201), [change])
 
     def _admit(self, txn: Txn, dsid: str, client: str) -> None:
         limits = self.limits
@@ -337,7 +343,7 @@ class Service:
         if job.status.terminal or job.cancel_requested:
             return Outcome(_ok(request, job.wire()))
         change = self._transition(txn, job, Event.CLIENT_CANCEL, now, cancel_requested=True)
-        return Outcome(_ok(request, change.job.wire()), [change])
+        return Outcome(_changed(request, change), [change])
 
     def query(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         body = body_map(request, required=("client",), optional=("job", "since", "limit"))
@@ -429,7 +435,9 @@ class Service:
             )
             for job in jobs
         ]
-        return Outcome(_ok(request, {"jobs": [c.job.wire() for c in changes]}), changes)
+        body = {"jobs": [c.wire for c in changes]}
+        encoded = jobs_body([c.encoded for c in changes])
+        return Outcome(Reply(200, body, id=request.id, encoded_body=encoded), changes)
 
     def accept(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         body = body_map(request, required=("job",), optional=("lease",))
@@ -440,7 +448,7 @@ class Service:
         change = self._transition(
             txn, job, Event.TAKE, now, attempts=job.attempts + 1, lease_until=now + lease
         )
-        return Outcome(_ok(request, change.job.wire()), [change])
+        return Outcome(_changed(request, change), [change])
 
     def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         body = body_map(
@@ -463,7 +471,7 @@ class Service:
         if status is Status.ACCEPTED:
             fields["lease_until"] = now + lease
         change = self._transition(txn, job, event, now, **fields)
-        return Outcome(_ok(request, change.job.wire()), [change])
+        return Outcome(_changed(request, change), [change])
 
     # Hypercat (contract section 9)
 
@@ -586,3 +594,8 @@ def _error(request: Request, exc: JobstoreError) -> Reply:
 
 def _ok(request: Request, body: Any) -> Reply:
     return Reply(200, body, id=request.id)
+
+
+def _changed(request: Request, change: Change, status: int = 200) -> Reply:
+    """A reply carrying the changed record, already encoded."""
+    return Reply(status, change.wire, id=request.id, encoded_body=change.encoded)

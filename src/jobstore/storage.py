@@ -14,7 +14,8 @@ leases     lease_until dsid NUL job        empty: accepted jobs by lease deadlin
 done       updated dsid NUL job            empty: terminal jobs by when they ended (retention)
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
            b"cat", b"n:"dsid[NUL client]   the hypercat items (a CBOR array), active job counts,
-           b"s:"dsid NUL status            and job counts by status
+           b"s:"dsid NUL status,           job counts by status, and the storage format (absent
+           b"format"                       in format 1, which stored records as CBOR arrays)
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone
@@ -40,12 +41,14 @@ import cbor2
 import lmdb
 
 from . import records
-from .errors import StorageFull
+from .errors import ConfigError, StorageFull
 from .records import Job
 
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
+FORMAT_KEY = b"format"
+FORMAT = 2
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
 GROW_AT = 0.8  # grow the map when it is this full
@@ -125,11 +128,17 @@ class Storage:
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
+                if txn.format() != FORMAT:
+                    raise ConfigError(
+                        f"the data in {self.path} is in an older storage format: run "
+                        "`jobstore serve` on it once to upgrade it, then try again"
+                    )
             return
         with self.write() as txn:
             if txn.meta(SECRET_KEY) is None:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
+            txn.upgrade()
 
     def backup(self, destination: str | os.PathLike[str]) -> None:
         """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
@@ -250,6 +259,30 @@ class Txn:
     def set_topic_seq(self, topic: str, seq: int) -> None:
         self._counters[b"t:" + topic.encode()] = seq
 
+    def format(self) -> int:
+        """The storage format of the data: :data:`FORMAT` for a new store."""
+        raw = self.meta(FORMAT_KEY)
+        if raw is not None:
+            return int.from_bytes(raw, "big")
+        return 1 if self.records() else FORMAT
+
+    def upgrade(self) -> None:
+        """Rewrite records stored by an older jobstore in the current format."""
+        found = self.format()
+        if found > FORMAT:
+            raise ConfigError(
+                f"the data in {self.storage.path} was written by a newer jobstore (storage format "
+                f"{found}, this one reads {FORMAT}): upgrade jobstore"
+            )
+        if found == 1:
+            cursor = self.txn.cursor(db=self.db["jobs"])
+            more = cursor.first()
+            while more:
+                job = records.load_v1(bytes(cursor.value()))
+                cursor.put(cursor.key(), records.dump(job, records.encode(job)))
+                more = cursor.next()
+        self.set_meta(FORMAT_KEY, u64(FORMAT))
+
     def catalogue_items(self) -> list[Any]:
         raw = self.meta(CATALOGUE_KEY)
         return [] if raw is None else list(cbor2.loads(raw))
@@ -259,10 +292,13 @@ class Txn:
 
     def get(self, dsid: str, job: str) -> Job | None:
         raw = self.txn.get(_name(dsid, job), db=self.db["jobs"])
-        return None if raw is None else records.load(bytes(raw))
+        return None if raw is None else records.load(dsid, bytes(raw))
 
-    def put(self, new: Job, old: Job | None) -> None:
-        """Store ``new`` (replacing ``old``, the record as read) and move its index entries."""
+    def put(self, new: Job, old: Job | None, encoded: bytes | None = None) -> None:
+        """Store ``new`` (replacing ``old``, the record as read) and move its index entries.
+
+        ``encoded`` is :func:`jobstore.records.encode` of ``new`` when the caller has it.
+        """
         old_keys = index_keys(old) if old is not None else {}
         new_keys = index_keys(new)
         for db, key in old_keys.items():
@@ -272,7 +308,9 @@ class Txn:
         for db, key in new_keys.items():
             if old_keys.get(db) != key:
                 self._put(key, b"" if db in EMPTY_VALUED else value, db)
-        self._put(_name(new.dsid, new.job), records.dump(new), "jobs")
+        if encoded is None:
+            encoded = records.encode(new)
+        self._put(_name(new.dsid, new.job), records.dump(new, encoded), "jobs")
         was_active = old is not None and not old.status.terminal
         if was_active != (not new.status.terminal):
             self._count(new, 1 if not was_active else -1)

@@ -35,10 +35,15 @@ class Request:
 
 @dataclass(slots=True)
 class Reply:
-    """One reply: an HTTP-style ``status``, a ``body``, and ``error`` when status >= 400."""
+    """One reply: an HTTP-style ``status``, a ``body``, and ``error`` when status >= 400.
+
+    ``encoded_body`` is the CBOR encoding of ``body`` when the service already
+    made it (a record is encoded once per change); the native codec sends it as is.
+    """
 
     status: int
     body: Any = None
     error: str | None = None
     id: int | str | None = None
     options: dict[int, bytes] = field(default_factory=dict)
+    encoded_body: bytes | None = None

@@ -10,6 +10,24 @@ from ..errors import ProtocolError
 from . import METHODS, Reply, Request
 
 REQUEST_KEYS = frozenset({"method", "path", "token", "body", "id"})
+_STATUS, _BODY, _ERROR, _ID, _JOBS = (
+    cbor2.dumps(k) for k in ("status", "body", "error", "id", "jobs")
+)
+
+
+def head(major: int, n: int) -> bytes:
+    """The initial bytes of a CBOR item: ``major`` type (0 uint, 4 array, 5 map) and argument ``n``."""
+    if n < 24:
+        return bytes((major << 5 | n,))
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes((major << 5 | info,)) + n.to_bytes(size, "big")
+    raise ValueError(f"{n} does not fit a CBOR head")
+
+
+def jobs_body(records: list[bytes]) -> bytes:
+    """The encoding of ``{"jobs": [records]}`` from records already encoded."""
+    return b"\xa1" + _JOBS + head(4, len(records)) + b"".join(records)
 
 
 def is_native(frame: bytes) -> bool:
@@ -60,6 +78,13 @@ def _fields(msg: dict[Any, Any], rid: int | str | None) -> Request:
 
 def encode_reply(reply: Reply) -> bytes:
     """Encode a reply map: status, and body, error and id when present."""
+    if reply.encoded_body is not None and reply.body is not None:
+        parts = [_STATUS, head(0, reply.status), _BODY, reply.encoded_body]
+        if reply.error is not None:
+            parts += [_ERROR, cbor2.dumps(reply.error)]
+        if reply.id is not None:
+            parts += [_ID, cbor2.dumps(reply.id)]
+        return head(5, len(parts) // 2) + b"".join(parts)
     out: dict[str, Any] = {"status": reply.status}
     if reply.body is not None:
         out["body"] = reply.body

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import cbor2
+import pytest
+
+from jobstore.errors import ConfigError
+from jobstore.records import Job
+from jobstore.states import Status
+from jobstore.storage import FORMAT, FORMAT_KEY, Storage, u64
+
+JOB = Job(
+    "ds",
+    "j1",
+    "app",
+    {"op": "x"},
+    Status.ACCEPTED,
+    1000,
+    2000,
+    7,
+    attempts=1,
+    progress={"pct": 50},
+    lease_until=9000,
+    history=(("submitted", 1000), ("accepted", 2000)),
+)
+
+
+def _format_1_store(path: Path) -> None:
+    """A data directory as the first storage format left it: records as CBOR arrays, no format key."""
+    storage = Storage(path)
+    with storage.write() as txn:
+        txn.put(JOB, None)
+        v1 = cbor2.dumps([*JOB[:4], JOB.status.value, *JOB[5:13], list(JOB.history)])
+        txn.txn.put(b"ds\0j1\0", v1, db=storage.dbs["jobs"])
+        txn.txn.delete(FORMAT_KEY, db=storage.dbs["meta"])
+    storage.close()
+
+
+def test_records_round_trip(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn:
+        txn.put(JOB, None)
+    with storage.read() as txn:
+        assert txn.get("ds", "j1") == JOB
+
+
+def test_opening_a_format_1_store_upgrades_its_records(tmp_path: Path) -> None:
+    _format_1_store(tmp_path)
+    storage = Storage(tmp_path)
+    with storage.read() as txn:
+        assert txn.get("ds", "j1") == JOB
+        assert txn.format() == FORMAT
+
+
+def test_a_format_1_store_is_not_read_before_it_is_upgraded(tmp_path: Path) -> None:
+    _format_1_store(tmp_path)
+    with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
+        Storage(tmp_path, readonly=True)
+
+
+def test_a_store_from_a_newer_jobstore_is_refused(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn:
+        txn.set_meta(FORMAT_KEY, u64(FORMAT + 1))
+    storage.close()
+    with pytest.raises(ConfigError, match="written by a newer jobstore"):
+        Storage(tmp_path)
+
+
+def test_counters_set_in_a_failed_nested_transaction_are_dropped(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn:
+        txn.next_seq()
+        with pytest.raises(RuntimeError), txn.nested() as child:
+            child.next_seq()
+            raise RuntimeError("rolled back")
+        assert txn.seq() == 1
+    with storage.read() as txn:
+        assert txn.seq() == 1
+
+
+def test_counters_are_visible_to_scans_before_the_commit(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn, txn.nested() as child:
+        child.put(JOB, None)
+        assert child.by_status("ds") == {"accepted": 1}
+        assert child.datasources() == ["ds"]
