@@ -43,6 +43,7 @@ import lmdb
 from . import records
 from .errors import ConfigError, StorageFull
 from .records import Job
+from .states import TERMINAL, Status
 
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
@@ -76,22 +77,32 @@ def status_key(dsid: str, status: str) -> bytes:
     return STATUS_PREFIX + _name(dsid, status)
 
 
+INDEXES = ("clients", "changes", "queue", "leases", "done")
+EMPTY_VALUED = frozenset({"leases", "done"})
+_QUEUED = frozenset({Status.SUBMITTED, Status.RETRYING})
+_NO_ENTRIES = (None,) * len(INDEXES)
+
+
+def _entries(job: Job, ds: bytes, key: bytes) -> tuple[bytes | None, ...]:
+    """The index keys a record owns, in :data:`INDEXES` order (None where it has none).
+
+    ``ds`` is ``_name(job.dsid)`` and ``key`` the record's own key, ``_name(job.dsid, job.job)``.
+    """
+    seq = job.seq.to_bytes(_U64, "big")
+    status = job.status
+    return (
+        ds + job.client.encode() + b"\0" + seq,
+        ds + seq,
+        ds + seq if status in _QUEUED else None,
+        job.lease_until.to_bytes(_U64, "big") + key if job.lease_until else None,
+        job.updated.to_bytes(_U64, "big") + key if status in TERMINAL else None,
+    )
+
+
 def index_keys(job: Job) -> dict[str, bytes]:
     """The index entries (database name -> key) a record owns."""
-    keys = {
-        "clients": _name(job.dsid, job.client) + u64(job.seq),
-        "changes": _name(job.dsid) + u64(job.seq),
-    }
-    if job.status.queued:
-        keys["queue"] = _name(job.dsid) + u64(job.seq)
-    if job.lease_until:
-        keys["leases"] = u64(job.lease_until) + _name(job.dsid, job.job)
-    if job.status.terminal:
-        keys["done"] = u64(job.updated) + _name(job.dsid, job.job)
-    return keys
-
-
-EMPTY_VALUED = frozenset({"leases", "done"})
+    entries = _entries(job, _name(job.dsid), _name(job.dsid, job.job))
+    return {db: key for db, key in zip(INDEXES, entries, strict=True) if key is not None}
 
 
 class Storage:
@@ -194,6 +205,7 @@ class Txn:
         self.txn = txn
         self.db = storage.dbs
         self._meta = storage.dbs["meta"]
+        self._indexes = [(storage.dbs[db], db not in EMPTY_VALUED) for db in INDEXES]
         self._parent = parent
         self._counters: dict[bytes, int] = {}  # set here, not yet put: see the module docstring
 
@@ -299,25 +311,32 @@ class Txn:
 
         ``encoded`` is :func:`jobstore.records.encode` of ``new`` when the caller has it.
         """
-        old_keys = index_keys(old) if old is not None else {}
-        new_keys = index_keys(new)
-        for db, key in old_keys.items():
-            if new_keys.get(db) != key:
-                self.txn.delete(key, db=self.db[db])
-        value = new.job.encode()
-        for db, key in new_keys.items():
-            if old_keys.get(db) != key:
-                self._put(key, b"" if db in EMPTY_VALUED else value, db)
+        # Written out rather than composed from helpers: this runs for every change.
+        ds = new.dsid.encode() + b"\0"
+        job_id = new.job.encode()
+        key = ds + job_id + b"\0"
+        txn = self.txn
+        was = _NO_ENTRIES if old is None else _entries(old, ds, key)
+        now = _entries(new, ds, key)
+        for (db, valued), before, after in zip(self._indexes, was, now, strict=True):
+            if before != after:
+                if before is not None:
+                    txn.delete(before, db=db)
+                if after is not None:
+                    txn.put(after, job_id if valued else b"", db=db)
         if encoded is None:
             encoded = records.encode(new)
-        self._put(_name(new.dsid, new.job), records.dump(new, encoded), "jobs")
-        was_active = old is not None and not old.status.terminal
-        if was_active != (not new.status.terminal):
-            self._count(new, 1 if not was_active else -1)
-        if old is None or old.status is not new.status:
+        txn.put(key, records.dump(new, encoded), db=self.db["jobs"])
+        status = new.status
+        if old is None or old.status is not status:
             if old is not None:
-                self._add(status_key(old.dsid, old.status.value), -1)
-            self._add(status_key(new.dsid, new.status.value), 1)
+                self._add(STATUS_PREFIX + ds + old.status.encode() + b"\0", -1)
+            self._add(STATUS_PREFIX + ds + status.encode() + b"\0", 1)
+            was_active = old is not None and old.status not in TERMINAL
+            if was_active != (status not in TERMINAL):
+                delta = -1 if was_active else 1
+                self._add(b"n:" + ds, delta)
+                self._add(b"n:" + ds + new.client.encode() + b"\0", delta)
 
     def delete(self, job: Job) -> None:
         """Remove a record and every index entry it owns."""
@@ -325,12 +344,9 @@ class Txn:
             self.txn.delete(key, db=self.db[db])
         self.txn.delete(_name(job.dsid, job.job), db=self.db["jobs"])
         if not job.status.terminal:
-            self._count(job, -1)
+            self._add(count_key(job.dsid), -1)
+            self._add(count_key(job.dsid, job.client), -1)
         self._add(status_key(job.dsid, job.status.value), -1)
-
-    def _count(self, job: Job, delta: int) -> None:
-        self._add(count_key(job.dsid), delta)
-        self._add(count_key(job.dsid, job.client), delta)
 
     def _add(self, key: bytes, delta: int) -> None:
         self._counters[key] = self.counter(key) + delta
