@@ -12,10 +12,10 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
+import nacl.bindings
 import nacl.exceptions
 import nacl.secret
 
@@ -38,8 +38,7 @@ def server_topic(dsid: str) -> str:
     return f"server/{dsid}"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """A committed change to publish: the record and, per topic name, the previous seq there.
 
     ``wire`` is the record as the contract shows it and ``encoded`` its CBOR encoding.
@@ -56,7 +55,7 @@ class Sealer:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
-        self._boxes: dict[str, tuple[bytes, nacl.secret.SecretBox]] = {}
+        self._boxes: dict[str, tuple[bytes, bytes]] = {}  # name -> (topic, key)
         self._nonce_prefix = secrets.token_bytes(nacl.secret.SecretBox.NONCE_SIZE - 8)
         self._count = 0
 
@@ -71,12 +70,12 @@ class Sealer:
         """The 32-byte SecretBox key of a topic name."""
         return self._derive(b"key", name)
 
-    def _box(self, name: str) -> tuple[bytes, nacl.secret.SecretBox]:
+    def _box(self, name: str) -> tuple[bytes, bytes]:
         found = self._boxes.get(name)
         if found is None:
             if len(self._boxes) > 4096:
                 self._boxes.clear()
-            found = self._boxes[name] = (self.topic(name), nacl.secret.SecretBox(self.key(name)))
+            found = self._boxes[name] = (self.topic(name), self.key(name))
         return found
 
     def messages(
@@ -85,12 +84,14 @@ class Sealer:
         """The ``[topic, sealed]`` messages publishing ``change`` on those of its topics ``wanted``."""
         out = []
         for name, prev in change.prev.items():
-            topic, box = self._box(name)
+            topic, key = self._box(name)
             if not wanted(topic):
                 continue  # nobody subscribes: sealing it would be wasted work
             # {"prev": prev, "record": record}, the record encoded once per change
             plain = b"".join((_MAP_PREV, head(0, prev), _RECORD, change.encoded))
-            out.append([topic, bytes(box.encrypt(plain, self._nonce()))])
+            # What SecretBox(key).encrypt(plain, nonce) makes, without its wrapper objects.
+            nonce = self._nonce()
+            out.append([topic, nonce + nacl.bindings.crypto_secretbox_easy(plain, nonce, key)])
         return out
 
     def _nonce(self) -> bytes:

@@ -11,6 +11,7 @@ from .errors import BadRequest
 from .states import Status
 
 NAME_RE = re.compile(r"[A-Za-z0-9._\-:@~]{1,128}")
+_STATUSES = {status.value: status for status in Status}  # faster than Status(value)
 RESERVED_DSIDS = frozenset({"server", "sub", "cat", "stats"})
 
 
@@ -104,7 +105,7 @@ def load(dsid: str, data: bytes) -> Job:
         w["job"],
         w["client"],
         w["request"],
-        Status(w["status"]),
+        _STATUSES[w["status"]],
         w["created"],
         w["updated"],
         w["seq"],

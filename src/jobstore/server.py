@@ -32,6 +32,7 @@ DEFAULT_OBSERVE = "tcp://0.0.0.0:5556"
 DEFAULT_NOTIFY = "tcp://0.0.0.0:5557"
 ZEST_CODES = frozenset({0x01, 0x02, 0x04})
 TICK_MS = 200  # longest sleep, so a signal or stop() is noticed promptly
+_MORE = zmq.SNDMORE | zmq.NOBLOCK
 
 
 @dataclass
@@ -181,7 +182,10 @@ class Server:
 
     def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
+            # send_multipart's checks, done by hand: this runs once per reply.
+            for frame in frames[:-1]:
+                sock.send(frame, _MORE)
+            sock.send(frames[-1], zmq.NOBLOCK)
         except zmq.ZMQError:  # EHOSTUNREACH: the peer has gone; EAGAIN: it is not reading
             self.dropped += 1
 
@@ -257,7 +261,7 @@ class Server:
                 deadline = parked.deadline or 0
                 if due(dsid, deadline):
                     body = {**parked.request.body, "wait": max(0, deadline - now)}
-                    out.append(replace(parked, request=replace(parked.request, body=body)))
+                    out.append(replace(parked, request=parked.request._replace(body=body)))
                 else:
                     keep.append(parked)
             if keep:
@@ -283,7 +287,7 @@ class Server:
                 ident, outcome.observe.dsid, outcome.observe.client, expires
             )
             reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
-            request = replace(request, content_format=zest.FORMAT_TEXT)
+            request = request._replace(content_format=zest.FORMAT_TEXT)
         frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
         self._send(self.request, [*item.envelope, frame])
 

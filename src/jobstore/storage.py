@@ -209,18 +209,21 @@ class Txn:
         self._parent = parent
         self._counters: dict[bytes, int] = {}  # set here, not yet put: see the module docstring
 
-    @contextmanager
-    def nested(self) -> Iterator[Txn]:
-        """A child transaction: its writes land in this one only if the block succeeds."""
-        lmdb_child = self.storage.env.begin(write=True, parent=self.txn)
-        child = Txn(self.storage, lmdb_child, self)
-        try:
-            yield child
-        except BaseException:
-            lmdb_child.abort()
-            raise
-        lmdb_child.commit()
-        self._counters.update(child._counters)
+    def nested(self) -> Txn:
+        """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
+        return Txn(self.storage, self.storage.env.begin(write=True, parent=self.txn), self)
+
+    # A class-based context manager, not @contextmanager: a request opens one each.
+    def __enter__(self) -> Txn:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.txn.abort()
+            return
+        self.txn.commit()
+        if self._parent is not None:
+            self._parent._counters.update(self._counters)
 
     def counter(self, key: bytes) -> int:
         """A meta counter's value in this transaction (0 when never set)."""

@@ -8,14 +8,13 @@ Nothing under this package touches a socket: codecs turn bytes into a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 METHODS = ("GET", "POST", "DELETE")
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One decoded request, whichever codec carried it.
+class Request(NamedTuple):
+    """One decoded request, whichever codec carried it (a named tuple: one is built per request).
 
     ``observe`` is the Zest observe mode (``"data"``) or ``None``; ``max_age`` is
     the Zest observation lifetime in seconds (0 = no expiry). ``content_format``
