@@ -207,7 +207,12 @@ class Txn:
         self._meta = storage.dbs["meta"]
         self._indexes = [(storage.dbs[db], db not in EMPTY_VALUED) for db in INDEXES]
         self._parent = parent
-        self._counters: dict[bytes, int] = {}  # set here, not yet put: see the module docstring
+        # The counters set in the whole write transaction, not yet put (see the module
+        # docstring); one dict shared by a transaction and its nested ones.
+        self._counters: dict[bytes, int] = {} if parent is None else parent._counters
+        # In a nested transaction: each counter's value before it first changed here (None:
+        # unset), restored if the nested transaction is abandoned.
+        self._undo: dict[bytes, int | None] | None = None if parent is None else {}
 
     def nested(self) -> Txn:
         """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
@@ -218,38 +223,38 @@ class Txn:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        undo = self._undo or {}
         if kind is not None:
             self.txn.abort()
+            for key, value in undo.items():
+                if value is None:
+                    self._counters.pop(key, None)
+                else:
+                    self._counters[key] = value
             return
         self.txn.commit()
-        if self._parent is not None:
-            self._parent._counters.update(self._counters)
+        outer = self._parent._undo if self._parent is not None else None
+        if outer is not None:
+            for key, value in undo.items():
+                outer.setdefault(key, value)
 
     def counter(self, key: bytes) -> int:
         """A meta counter's value in this transaction (0 when never set)."""
-        txn: Txn | None = self
-        while txn is not None:
-            value = txn._counters.get(key)
-            if value is not None:
-                return value
-            txn = txn._parent
+        value = self._counters.get(key)
+        if value is not None:
+            return value
         raw = self.txn.get(key, db=self._meta)
         return 0 if raw is None else int.from_bytes(raw, "big")
 
     def set_counter(self, key: bytes, value: int) -> None:
+        undo = self._undo
+        if undo is not None and key not in undo:
+            undo[key] = self._counters.get(key)
         self._counters[key] = value
 
     def flush(self) -> None:
-        """Put the counters set in this transaction and its parents (before a scan, or the commit)."""
-        chain: list[Txn] = []
-        txn: Txn | None = self
-        while txn is not None:
-            chain.append(txn)
-            txn = txn._parent
-        merged: dict[bytes, int] = {}
-        for txn in reversed(chain):
-            merged.update(txn._counters)
-        for key, value in merged.items():
+        """Put the counters set so far in this write transaction (before a scan, or the commit)."""
+        for key, value in self._counters.items():
             self.txn.put(key, u64(value), db=self._meta)
 
     def meta(self, key: bytes) -> bytes | None:
@@ -265,14 +270,14 @@ class Txn:
 
     def next_seq(self) -> int:
         seq = self.counter(SEQ_KEY) + 1
-        self._counters[SEQ_KEY] = seq
+        self.set_counter(SEQ_KEY, seq)
         return seq
 
     def topic_seq(self, topic: str) -> int:
         return self.counter(b"t:" + topic.encode())
 
     def set_topic_seq(self, topic: str, seq: int) -> None:
-        self._counters[b"t:" + topic.encode()] = seq
+        self.set_counter(b"t:" + topic.encode(), seq)
 
     def format(self) -> int:
         """The storage format of the data: :data:`FORMAT` for a new store."""
@@ -352,7 +357,7 @@ class Txn:
         self._add(status_key(job.dsid, job.status.value), -1)
 
     def _add(self, key: bytes, delta: int) -> None:
-        self._counters[key] = self.counter(key) + delta
+        self.set_counter(key, self.counter(key) + delta)
 
     def by_status(self, dsid: str) -> dict[str, int]:
         """How many jobs of a datasource are in each status (statuses with none left out)."""

@@ -12,6 +12,7 @@ from .protocol import Request
 from .states import Status
 
 MAX_DEPTH = 32
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
 def names(statuses: Any) -> str:
@@ -75,9 +76,13 @@ def check_plain(name: str, value: Any, depth: int = 0) -> None:
         raise BadRequest(f"{name} is nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return
+    # Scalar items are checked in the loops rather than by a call each: bodies are checked per request.
+    inner = depth + 1
+    leaf = _SCALARS if inner <= MAX_DEPTH else frozenset()
     if isinstance(value, list):
         for item in value:
-            check_plain(name, item, depth + 1)
+            if type(item) not in leaf:
+                check_plain(name, item, inner)
         return
     if isinstance(value, dict):
         for key, item in value.items():
@@ -85,7 +90,8 @@ def check_plain(name: str, value: Any, depth: int = 0) -> None:
                 raise BadRequest(
                     f"{name} has a map key that is not text ({key!r:.40}); use text keys"
                 )
-            check_plain(name, item, depth + 1)
+            if type(item) not in leaf:
+                check_plain(name, item, inner)
         return
     raise BadRequest(
         f"{name} holds a {type(value).__name__}; only maps, arrays, text, bytes, numbers, "
