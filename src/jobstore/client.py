@@ -252,11 +252,16 @@ class Watch:
                 self._monitor.recv_multipart()
                 cursor.connected()
             if self._sub in events:
-                _topic, sealed = self._sub.recv_multipart()
-                record = cursor.notified(open_sealed(self._key, sealed))
-                if record is not None:
-                    yield record
-                    cursor.delivered()
+                # Everything that has arrived, for one poll: notifications come in bursts.
+                while not cursor.stale:
+                    try:
+                        _topic, sealed = self._sub.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    record = cursor.notified(open_sealed(self._key, sealed))
+                    if record is not None:
+                        yield record
+                        cursor.delivered()
             elif not events:
                 cursor.quiet(self._conn.call("POST", *self._subscribe)["seq"])
 

@@ -102,8 +102,12 @@ class Sealer:
 
 def open_sealed(key: bytes, sealed: bytes) -> dict[str, Any]:
     """Open a sealed notification with its topic's key; raise ProtocolError when it does not open."""
+    nonce_size = nacl.secret.SecretBox.NONCE_SIZE
     try:
-        plain = nacl.secret.SecretBox(key).decrypt(sealed)
+        # What SecretBox(key).decrypt(sealed) does, without building a box per message.
+        plain = nacl.bindings.crypto_secretbox_open_easy(
+            sealed[nonce_size:], sealed[:nonce_size], key
+        )
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise ProtocolError(
             "notification does not open with this key: it is for another topic"
