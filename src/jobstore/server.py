@@ -310,8 +310,9 @@ class Server:
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
-            for message in self.sealer.messages(change, self._wanted):
-                self.notify.send_multipart(message, zmq.NOBLOCK)
+            for topic, sealed in self.sealer.messages(change, self._wanted):
+                self.notify.send(topic, _MORE)  # a PUB socket drops rather than blocks
+                self.notify.send(sealed, zmq.NOBLOCK)
             if self._observers:
                 self._push(change)
 
