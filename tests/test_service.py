@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from jobstore import service as service_module
 from jobstore.protocol import Request
 from jobstore.service import Limits, Outcome, Service
 from jobstore.storage import Storage
@@ -374,6 +375,74 @@ def test_a_failing_request_in_a_batch_leaves_the_others_applied(h: Harness) -> N
     _, outcomes = h.service.handle_batch([good, bad, later], T0)
     assert [o.reply.status for o in outcomes if o.reply] == [201, 409, 201]
     assert h.ok("GET", "/ds/job/c/b")["seq"] == 2
+
+
+def _break_after_writing(monkeypatch: pytest.MonkeyPatch, shape: tuple[str, ...]) -> None:
+    """Make the POST handler of a route raise after its writes, as a bug or a full map would."""
+    [methods] = [m for route, m in service_module.ROUTES if route == shape]
+    handler = methods["POST"]
+
+    def broken(self: Service, *args: Any) -> Outcome:
+        handler(self, *args)
+        raise RuntimeError("a bug after writing")
+
+    monkeypatch.setitem(methods, "POST", broken)
+
+
+def _wake_once(take: Request) -> tuple[list[set[str]], Any]:
+    """A server's wake: the parked ``take`` is handed out once, as unparking does."""
+    calls: list[set[str]] = []
+
+    def wake(dsids: set[str]) -> list[Request]:
+        calls.append(dsids)
+        return [take] if len(calls) == 1 else []
+
+    return calls, wake
+
+
+def test_a_request_failing_after_it_wrote_is_rolled_back_alone(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.submit(job="a", client="c")
+    _break_after_writing(monkeypatch, ("D", "job", "cancel"))
+    before = Request("POST", "/ds/job/", body={"job": "b", "client": "c"})
+    cancel = Request("POST", "/ds/job/cancel", body={"job": "a", "client": "c"})
+    after = Request("POST", "/ds/job/", body={"job": "d", "client": "c"})
+    _, outcomes = h.service.handle_batch([before, cancel, after], T0)
+    assert [o.reply.status for o in outcomes if o.reply] == [201, 500, 201]
+    assert "internal error" in (outcomes[1].reply.error or "")  # type: ignore[union-attr]
+    assert outcomes[1].changes == []
+    assert h.ok("GET", "/ds/job/c/a")["status"] == "submitted"
+    assert [h.ok("GET", f"/ds/job/c/{j}")["seq"] for j in "bd"] == [2, 3]
+    assert h.ok("GET", "/server/ds/stats")["by_status"] == {"submitted": 3}
+
+
+def test_a_batch_run_again_still_wakes_a_waiting_take(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h.submit(job="a", client="c")
+    _break_after_writing(monkeypatch, ("D", "job", "cancel"))
+    submit = Request("POST", "/ds/job/", body={"job": "b", "client": "c"})
+    cancel = Request("POST", "/ds/job/cancel", body={"job": "a", "client": "c"})
+    take = Request("POST", "/server/ds/job/take", body={"max": 5, "wait": 1000})
+    calls, wake = _wake_once(take)
+    _, outcomes = h.service.handle_batch([submit, cancel], T0, wake)
+    assert calls == [{"ds"}]  # the first run failed before it woke anything
+    assert [o.reply.status for o in outcomes if o.reply] == [201, 500, 200]
+    assert [j["job"] for j in outcomes[2].reply.body["jobs"]] == ["a", "b"]  # type: ignore[union-attr]
+
+
+def test_a_take_woken_before_its_batch_is_run_again_is_answered_once(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _break_after_writing(monkeypatch, ("server", "D", "job", "take"))
+    submit = Request("POST", "/ds/job/", body={"job": "a", "client": "c"})
+    take = Request("POST", "/server/ds/job/take", body={"wait": 1000})
+    calls, wake = _wake_once(take)
+    _, outcomes = h.service.handle_batch([submit], T0, wake)
+    assert [o.reply.status for o in outcomes if o.reply] == [201, 500]
+    assert len(calls) == 2  # the second run may wake more, and here finds none
+    assert h.ok("GET", "/ds/job/c/a")["status"] == "submitted"
 
 
 def test_records_indexes_and_seq_survive_a_restart(tmp_path: Path) -> None:

@@ -236,8 +236,9 @@ class Server:
         woken: list[_Pending] = []
 
         def wake(dsids: set[str]) -> list[Request]:
-            woken.extend(self._unpark(now, lambda dsid, deadline: dsid in dsids))
-            return [item.request for item in woken]
+            unparked = self._unpark(now, lambda dsid, deadline: dsid in dsids)
+            woken.extend(unparked)
+            return [item.request for item in unparked]
 
         expired, outcomes = self.service.handle_batch([p.request for p in pending], now, wake)
         pending += woken

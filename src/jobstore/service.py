@@ -1,9 +1,16 @@
 """The job store's operations, routed from (method, path); no sockets here.
 
 :meth:`Service.handle_batch` runs a batch of requests in one LMDB write
-transaction (one fsync for the lot), each request in a nested transaction so a
-failing one leaves nothing half-applied. It returns, per request, the reply and
-the committed changes to publish; the socket adapter sends and publishes them.
+transaction (one fsync for the lot). It returns, per request, the reply and the
+committed changes to publish; the socket adapter sends and publishes them.
+
+A failing request must leave nothing half-applied. The handlers check
+everything before they write, so a request that fails has almost always written
+nothing, and the batch runs each request straight in the batch's transaction. If
+one fails after writing (a full map, or a bug), the batch is abandoned and run
+again with each request in a nested transaction of its own, which rolls back
+alone. Nested transactions are not used always because they cost about as much
+as the request's own writes: LMDB copies every page the request touches.
 """
 
 from __future__ import annotations
@@ -57,6 +64,12 @@ EVENT_KINDS = {
     Event.LEASE_EXHAUSTED: "lease_expired",
 }
 SCAN_LIMIT = 10_000
+
+
+class _Isolate(Exception):
+    """A request failed after writing: run the batch again, each request in a nested transaction."""
+
+
 ROUTE_CACHE_SIZE = 4096
 
 
@@ -142,32 +155,27 @@ class Service:
     ) -> tuple[list[Change], list[Outcome]]:
         """Expire leases due by ``now``, then handle ``requests``; all in one commit.
 
-        ``wake``, given the datasources that gained queued jobs, returns waiting
-        takes to run in the same transaction, so a job submitted to a waiting
-        driver costs one commit, not two. Returns the changes made by lease
+        ``wake``, given the datasources that gained queued jobs, returns the
+        waiting takes it has not returned before, to run in the same transaction,
+        so a job submitted to a waiting driver costs one commit, not two. Returns the changes made by lease
         expiry and one outcome per request, then one per woken request.
         """
         self._full = self.storage.grow() >= self.limits.full_at
-        self._events.clear()
         handled = list(requests)
         self.handled += len(requests)
+
+        def wake_once(dsids: set[str]) -> Sequence[Request]:
+            woken = wake(dsids) if wake is not None else []
+            handled.extend(woken)
+            self.handled += len(woken)
+            return woken
+
         try:
-            with self.storage.write() as txn:
-                expired = self._expire(txn, now)
-                outcomes = [self._one(txn, request, now) for request in requests]
-                queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
-                queued.update(c.job.dsid for c in expired if c.job.status.queued)
-                for i, outcome in enumerate(outcomes):
-                    # A take that came before a submit in this batch tries again at once.
-                    if outcome.wait is not None and outcome.wait.dsid in queued:
-                        outcomes[i] = self._one(txn, requests[i], now)
-                if wake is not None and queued:
-                    woken = wake(queued)
-                    handled += woken
-                    self.handled += len(woken)
-                    outcomes += [self._one(txn, request, now) for request in woken]
-                self._purge(txn, now)
-                self.next_lease = txn.next_lease()
+            try:
+                expired, outcomes = self._batch(requests, now, wake_once, isolate=False)
+            except _Isolate:
+                # The takes woken already run again too, after the batch's own requests.
+                expired, outcomes = self._batch(list(handled), now, wake_once, isolate=True)
             self.activity.record(self._events, now)
         except JobstoreError as exc:
             return [], [Outcome(_error(r, exc)) for r in handled]
@@ -177,27 +185,48 @@ class Service:
             return [], [Outcome(_error(r, err)) for r in handled]
         return expired, outcomes
 
+    def _batch(
+        self,
+        requests: Sequence[Request],
+        now: int,
+        wake: Callable[[set[str]], Sequence[Request]] | None,
+        *,
+        isolate: bool,
+    ) -> tuple[list[Change], list[Outcome]]:
+        self._events.clear()
+        with self.storage.write() as txn:
+            expired = self._expire(txn, now)
+            outcomes = [self._one(txn, request, now, isolate) for request in requests]
+            queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
+            queued.update(c.job.dsid for c in expired if c.job.status.queued)
+            for i, outcome in enumerate(outcomes):
+                # A take that came before a submit in this batch tries again at once.
+                if outcome.wait is not None and outcome.wait.dsid in queued:
+                    outcomes[i] = self._one(txn, requests[i], now, isolate)
+            if wake is not None and queued:
+                outcomes += [self._one(txn, request, now, isolate) for request in wake(queued)]
+            self._purge(txn, now)
+            self.next_lease = txn.next_lease()
+        return expired, outcomes
+
     def _purge(self, txn: Txn, now: int) -> None:
         """Drop a small batch of terminal jobs past retention, so no batch is held up for long."""
         with txn.nested() as child:
             for job in child.ended_before(now - self.limits.retention_ms, self.limits.purge_batch):
                 child.delete(job)
 
-    def _one(self, txn: Txn, request: Request, now: int) -> Outcome:
-        mark = len(self._events)
+    def _one(self, txn: Txn, request: Request, now: int, isolate: bool) -> Outcome:
+        mark, writes = len(self._events), txn.writes
         try:
             handler, params = self._route(request)
+            if not isolate:
+                return handler(self, txn, request, now, params)
             with txn.nested() as child:
                 return handler(self, child, request, now, params)
-        except JobstoreError as exc:
-            error = exc
-        except lmdb.MapFullError:
-            error = StorageFull("the store's data file is full")
-        except Exception:
-            log.exception("unexpected error handling %s %s", request.method, request.path)
-            error = JobstoreError(
-                "internal error in the store; it has been logged, please report it"
-            )
+        except Exception as exc:
+            if txn.writes != writes:
+                raise _Isolate from exc  # only a nested transaction can undo what it wrote
+            error = _failure(request, exc)
         del self._events[mark:]  # the request's changes were rolled back, and so are its events
         return Outcome(_error(request, error))
 
@@ -586,6 +615,16 @@ def _match(shape: tuple[str, ...], segments: list[str]) -> list[str] | None:
         "#": str,
     }
     return [checks[want](got) for want, got in pairs if want in checks]
+
+
+def _failure(request: Request, exc: Exception) -> JobstoreError:
+    """The error to answer a request that raised ``exc``."""
+    if isinstance(exc, JobstoreError):
+        return exc
+    if isinstance(exc, lmdb.MapFullError):
+        return StorageFull("the store's data file is full")
+    log.error("unexpected error handling %s %s", request.method, request.path, exc_info=exc)
+    return JobstoreError("internal error in the store; it has been logged, please report it")
 
 
 def _error(request: Request, exc: JobstoreError) -> Reply:

@@ -213,6 +213,7 @@ class Txn:
         # In a nested transaction: each counter's value before it first changed here (None:
         # unset), restored if the nested transaction is abandoned.
         self._undo: dict[bytes, int | None] | None = None if parent is None else {}
+        self.writes = 0  # puts and deletes made through this object, so a caller can tell it wrote
 
     def nested(self) -> Txn:
         """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
@@ -247,6 +248,7 @@ class Txn:
         return 0 if raw is None else int.from_bytes(raw, "big")
 
     def set_counter(self, key: bytes, value: int) -> None:
+        self.writes += 1
         undo = self._undo
         if undo is not None and key not in undo:
             undo[key] = self._counters.get(key)
@@ -319,6 +321,7 @@ class Txn:
 
         ``encoded`` is :func:`jobstore.records.encode` of ``new`` when the caller has it.
         """
+        self.writes += 1
         # Written out rather than composed from helpers: this runs for every change.
         ds = new.dsid.encode() + b"\0"
         job_id = new.job.encode()
@@ -348,6 +351,7 @@ class Txn:
 
     def delete(self, job: Job) -> None:
         """Remove a record and every index entry it owns."""
+        self.writes += 1
         for db, key in index_keys(job).items():
             self.txn.delete(key, db=self.db[db])
         self.txn.delete(_name(job.dsid, job.job), db=self.db["jobs"])
@@ -413,6 +417,7 @@ class Txn:
         return out
 
     def _put(self, key: bytes, value: bytes, db: str) -> None:
+        self.writes += 1
         self.txn.put(key, value, db=self.db[db])
 
     def _scan(self, db: str, prefix: bytes, after: int = 0) -> Iterator[tuple[int, str]]:
