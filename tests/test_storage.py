@@ -3,6 +3,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
+from jobstore.check import check
 from jobstore.errors import ConfigError
 from jobstore.records import Job
 from jobstore.states import Status
@@ -51,10 +52,17 @@ def test_opening_a_format_1_store_upgrades_its_records(tmp_path: Path) -> None:
         assert txn.format() == FORMAT
 
 
-def test_a_format_1_store_is_not_read_before_it_is_upgraded(tmp_path: Path) -> None:
+def test_a_format_1_store_is_not_checked_before_it_is_upgraded(tmp_path: Path) -> None:
     _format_1_store(tmp_path)
     with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
-        Storage(tmp_path, readonly=True)
+        check(tmp_path)
+
+
+def test_a_format_1_store_can_be_backed_up_before_it_is_upgraded(tmp_path: Path) -> None:
+    _format_1_store(tmp_path / "data")
+    Storage(tmp_path / "data", readonly=True).backup(tmp_path / "copy")
+    with Storage(tmp_path / "copy").read() as txn:
+        assert txn.get("ds", "j1") == JOB
 
 
 def test_a_store_from_a_newer_jobstore_is_refused(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from . import records
 from .errors import ConfigError
 from .storage import (
     EMPTY_VALUED,
+    FORMAT,
     SEQ_KEY,
     STATUS_PREFIX,
     Storage,
@@ -26,6 +27,12 @@ def check(path: str | Path) -> tuple[int, list[str]]:
     storage = Storage(path, readonly=True)
     try:
         with storage.read() as txn:
+            if txn.format() != FORMAT:
+                raise ConfigError(
+                    f"the data in {path} is in storage format {txn.format()}, and this jobstore "
+                    f"checks format {FORMAT}: run `jobstore serve` on it once to upgrade it, "
+                    "then check again"
+                )
             return _check(txn)
     finally:
         storage.close()

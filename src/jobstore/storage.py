@@ -139,11 +139,6 @@ class Storage:
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
-                if txn.format() != FORMAT:
-                    raise ConfigError(
-                        f"the data in {self.path} is in an older storage format: run "
-                        "`jobstore serve` on it once to upgrade it, then try again"
-                    )
             return
         with self.write() as txn:
             if txn.meta(SECRET_KEY) is None:
