@@ -20,10 +20,11 @@ from typing import Any
 
 import zmq
 
+from .engine import Outcome, Wait
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
-from .service import Outcome, Service, Wait
+from .service import Service
 
 log = logging.getLogger(__name__)
 
