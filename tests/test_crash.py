@@ -97,7 +97,8 @@ def one_round(
         if cancel:
             app.cancel(job)
             ledger.cancelled.add(job)
-        for taken in driver.take(2, lease=60_000):
+        # Leases outlast the test: an expiry would change jobs while verify lists them.
+        for taken in driver.take(2, lease=3_600_000):
             driver.complete(taken["job"], {"double": taken["request"] * 2})
             ledger.completed[taken["job"]] = {"double": taken["request"] * 2}
     except RequestFailed as exc:
