@@ -7,7 +7,7 @@ from jobstore.check import check
 from jobstore.errors import ConfigError
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.storage import FORMAT, FORMAT_KEY, Storage, u64
+from jobstore.storage import FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
 
 JOB = Job(
     "ds",
@@ -24,14 +24,18 @@ JOB = Job(
     history=(("submitted", 1000), ("accepted", 2000)),
 )
 
+JOBS = [JOB, *(JOB.evolve(job=f"j{n}", seq=7 + n, lease_until=0, response=n) for n in (2, 3))]
+
 
 def _format_1_store(path: Path) -> None:
     """A data directory as the first storage format left it: records as CBOR arrays, no format key."""
     storage = Storage(path)
     with storage.write() as txn:
-        txn.put(JOB, None)
-        v1 = cbor2.dumps([*JOB[:4], JOB.status.value, *JOB[5:13], list(JOB.history)])
-        txn.txn.put(b"ds\0j1\0", v1, db=storage.dbs["jobs"])
+        for job in JOBS:
+            txn.put(job, None)
+            v1 = cbor2.dumps([*job[:4], job.status.value, *job[5:13], list(job.history)])
+            txn.txn.put(f"ds\0{job.job}\0".encode(), v1, db=storage.dbs["jobs"])
+        txn.set_counter(SEQ_KEY, max(job.seq for job in JOBS))
         txn.txn.delete(FORMAT_KEY, db=storage.dbs["meta"])
     storage.close()
 
@@ -48,8 +52,10 @@ def test_opening_a_format_1_store_upgrades_its_records(tmp_path: Path) -> None:
     _format_1_store(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert txn.get("ds", "j1") == JOB
+        assert [txn.get("ds", job.job) for job in JOBS] == JOBS
         assert txn.format() == FORMAT
+    storage.close()
+    assert check(tmp_path) == (len(JOBS), [])
 
 
 def test_a_format_1_store_is_not_checked_before_it_is_upgraded(tmp_path: Path) -> None:
