@@ -145,8 +145,9 @@ class Engine:
 
         ``wake``, given the datasources that gained queued jobs, returns the
         waiting takes it has not returned before, to run in the same transaction,
-        so a job submitted to a waiting driver costs one commit, not two. Returns the changes made by lease
-        expiry and one outcome per request, then one per woken request.
+        so a job submitted to a waiting driver costs one commit, not two. Returns
+        the changes made by lease expiry and one outcome per request, then one per
+        woken request.
         """
         self._full = self.storage.grow() >= self.limits.full_at
         handled = list(requests)
