@@ -98,3 +98,23 @@ def test_counters_are_visible_to_scans_before_the_commit(tmp_path: Path) -> None
         child.put(JOB, None)
         assert child.by_status("ds") == {"accepted": 1}
         assert child.datasources() == ["ds"]
+
+
+def test_a_record_read_back_is_the_same_from_the_cache_and_from_the_bytes(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn:
+        txn.put(JOB, None)
+    with storage.read() as txn:
+        cached = txn.get("ds", "j1")
+        storage.decoded.clear()
+        assert cached == txn.get("ds", "j1") == JOB
+
+
+def test_equal_records_of_two_datasources_keep_their_own_datasource(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    other = JOB.evolve(dsid="other")
+    with storage.write() as txn:
+        txn.put(JOB, None)
+        txn.put(other, None)
+    with storage.read() as txn:
+        assert [txn.get(d, "j1") for d in ("ds", "other")] == [JOB, other]

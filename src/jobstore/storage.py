@@ -53,6 +53,7 @@ FORMAT = 2
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
 GROW_AT = 0.8  # grow the map when it is this full
+DECODED_CACHE_SIZE = 4096
 _U64 = 8
 
 
@@ -132,6 +133,10 @@ class Storage:
             readonly=readonly,
         )
         self._page_size = int(self.env.stat()["psize"])
+        # (dsid, stored bytes) -> record, for records written lately: a take or a status report
+        # reads a record written a batch or two before, and the bytes decide the record, so a
+        # hit can never be stale. Cleared when full.
+        self.decoded: dict[tuple[str, bytes], Job] = {}
         self.dbs = {
             name: self.env.open_db(name.encode(), create=not readonly)
             for name in ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
@@ -309,7 +314,11 @@ class Txn:
 
     def get(self, dsid: str, job: str) -> Job | None:
         raw = self.txn.get(_name(dsid, job), db=self.db["jobs"])
-        return None if raw is None else records.load(dsid, bytes(raw))
+        if raw is None:
+            return None
+        key = (dsid, bytes(raw))
+        found = self.storage.decoded.get(key)
+        return found if found is not None else records.load(dsid, key[1])
 
     def put(self, new: Job, old: Job | None, encoded: bytes | None = None) -> None:
         """Store ``new`` (replacing ``old``, the record as read) and move its index entries.
@@ -332,7 +341,12 @@ class Txn:
                     txn.put(after, job_id if valued else b"", db=db)
         if encoded is None:
             encoded = records.encode(new)
-        txn.put(key, records.dump(new, encoded), db=self.db["jobs"])
+        value = records.dump(new, encoded)
+        txn.put(key, value, db=self.db["jobs"])
+        decoded = self.storage.decoded
+        if len(decoded) >= DECODED_CACHE_SIZE:
+            decoded.clear()
+        decoded[new.dsid, value] = new
         status = new.status
         if old is None or old.status is not status:
             if old is not None:
