@@ -312,9 +312,8 @@ class Server:
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
-            for topic, sealed in self.sealer.messages(change, self._wanted):
-                self.notify.send(topic, _MORE)  # a PUB socket drops rather than blocks
-                self.notify.send(sealed, zmq.NOBLOCK)
+            for message in self.sealer.messages(change, self._wanted):
+                self._send(self.notify, message)  # a PUB socket drops rather than blocks
             if self._observers:
                 self._push(change)
 
