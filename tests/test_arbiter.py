@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import zmq
+from pymacaroons import Macaroon
 
 from jobstore.arbiter import (
     EXAMPLE_PUBLIC_KEY,
@@ -23,7 +24,7 @@ from jobstore.arbiter import (
     request_token,
 )
 from jobstore.auth import Authoriser
-from jobstore.errors import RequestFailed, Unauthorized, Unavailable
+from jobstore.errors import Unauthorized, Unavailable
 from jobstore.protocol import zest
 
 STORE, STORE_TOKEN = "jobs-store", "c3RvcmUtdG9rZW4="  # databox arbiter tokens are base64 text
@@ -39,9 +40,15 @@ def arbiter() -> Iterator[FakeArbiter]:
 
 @pytest.fixture
 def secret(arbiter: FakeArbiter) -> bytes:
-    """The store and the app are registered; the store's token secret."""
+    return started(arbiter)
+
+
+def started(arbiter: FakeArbiter) -> bytes:
+    """The store and the app are registered and the store has fetched its token secret."""
     arbiter.register_container(APP, APP_TOKEN)
-    return arbiter.register_store(STORE, STORE_TOKEN)
+    arbiter.register_store(STORE, STORE_TOKEN)
+    assert arbiter.bound is not None
+    return fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, STORE_TOKEN, STORE, timeout=5)
 
 
 def token(arbiter: FakeArbiter, path: str, method: str = "GET", **kw: Any) -> str:
@@ -80,10 +87,33 @@ def test_public_key_is_the_zestdb_example_pair_by_default(arbiter: FakeArbiter) 
 def test_store_fetches_its_secret_with_its_arbiter_token(
     arbiter: FakeArbiter, secret: bytes
 ) -> None:
+    assert arbiter.secret_of(STORE) == secret
+    assert len(secret) == 36 and secret.count(b"-") == 4  # a UUID v4 as text, like the arbiter's
+
+
+def test_each_fetch_makes_a_new_secret_and_tokens_use_the_latest(
+    arbiter: FakeArbiter, secret: bytes
+) -> None:
+    arbiter.grant(APP, STORE, "/ds/*", "GET")
     assert arbiter.bound is not None
-    fetched = fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, STORE_TOKEN, STORE, timeout=5)
-    assert fetched == secret
-    assert len(fetched) == 36 and fetched.count(b"-") == 4  # a UUID v4 as text, like the arbiter's
+    again = fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, STORE_TOKEN, STORE, timeout=5)
+    assert again != secret and arbiter.secret_of(STORE) == again
+    minted = token(arbiter, "/ds/x")
+    Authoriser(again, STORE).check(minted, method="GET", path="/ds/x")
+    with pytest.raises(Unauthorized, match="signature"):
+        Authoriser(secret, STORE).check(minted, method="GET", path="/ds/x")
+
+
+def test_tokens_are_refused_until_the_store_has_fetched_its_secret(arbiter: FakeArbiter) -> None:
+    arbiter.register_container(APP, APP_TOKEN)
+    arbiter.register_store(STORE, STORE_TOKEN)
+    arbiter.grant(APP, STORE, "/ds/*", "GET")
+    assert arbiter.secret_of(STORE) is None
+    with pytest.raises(Unauthorized, match="has not fetched its token secret"):
+        token(arbiter, "/ds/x")
+    assert arbiter.bound is not None
+    secret = fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, STORE_TOKEN, STORE, timeout=5)
+    Authoriser(secret, STORE).check(token(arbiter, "/ds/x"), method="GET", path="/ds/x")
 
 
 def test_store_secret_is_text_with_content_format_0(
@@ -92,7 +122,7 @@ def test_store_secret_is_text_with_content_format_0(
     reply = ask(ctx, arbiter, GET_SECRET)
     assert reply.code == zest.CONTENT
     assert reply.options[zest.OPT_CONTENT_FORMAT] == b"\x00\x00"
-    assert reply.payload == secret
+    assert reply.payload == arbiter.secret_of(STORE) != secret  # a new one per call
 
 
 @pytest.mark.parametrize(("arbiter_token", "identity"), [("wrong", STORE), (STORE_TOKEN, "other")])
@@ -104,11 +134,12 @@ def test_store_secret_refused_without_the_registered_token(
         fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, arbiter_token, identity, timeout=5)
 
 
-def test_only_stores_get_a_secret(arbiter: FakeArbiter, secret: bytes) -> None:
+def test_any_registered_container_gets_a_secret_as_from_the_real_arbiter(
+    arbiter: FakeArbiter, secret: bytes
+) -> None:
     assert arbiter.bound is not None
-    with pytest.raises(RequestFailed, match="only stores") as failure:
-        fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, APP_TOKEN, APP, timeout=5)
-    assert failure.value.status == 403
+    fetched = fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, APP_TOKEN, APP, timeout=5)
+    assert fetched == arbiter.secret_of(APP) and fetched != secret
 
 
 def test_unreachable_arbiter_gives_unavailable_within_the_timeout(tmp_path: Path) -> None:
@@ -191,9 +222,46 @@ def test_observe_caveat_needs_a_grant_with_it(arbiter: FakeArbiter, secret: byte
         token(arbiter, "/ds/job/app1", observe="data")
 
 
-def test_client_caveat_present_when_asked(arbiter: FakeArbiter, secret: bytes) -> None:
+def caveat_lines(minted: str) -> list[str]:
+    return [c.caveat_id for c in Macaroon.deserialize(minted).first_party_caveats()]
+
+
+def test_by_default_only_path_method_and_target_are_minted(
+    arbiter: FakeArbiter, secret: bytes
+) -> None:
     arbiter.grant(APP, STORE, "/ds/*", "POST")
     minted = token(arbiter, "/ds/job/", "POST", client="app1")
+    assert caveat_lines(minted) == ["path = /ds/job/", "method = POST", f"target = {STORE}"]
+
+
+def test_a_requested_caveat_other_than_observe_or_destination_is_not_minted(
+    ctx: zmq.Context[Any], arbiter: FakeArbiter, secret: bytes
+) -> None:
+    arbiter.grant(APP, STORE, "/ds/*", "GET", caveats=[{"colour": "blue"}])
+    body = {"target": STORE, "path": "/ds/x", "method": "GET", "caveats": [{"colour": "blue"}]}
+    reply = ask(ctx, arbiter, post("/token", body, APP_TOKEN, APP))
+    assert reply.code == zest.CONTENT
+    assert caveat_lines(reply.payload.decode()) == [
+        "path = /ds/x",
+        "method = GET",
+        f"target = {STORE}",
+    ]
+
+
+def test_requested_caveats_may_match_a_grant_of_another_route(
+    arbiter: FakeArbiter, secret: bytes
+) -> None:
+    arbiter.grant(APP, STORE, "/ds/*", "GET")
+    arbiter.grant(APP, STORE, "/elsewhere", "GET", caveats=[{"observe": "data"}])
+    minted = token(arbiter, "/ds/x", observe="data")
+    assert caveat_lines(minted)[-1] == "observe = data"
+
+
+def test_client_caveat_only_with_the_extension(tmp_path: Path) -> None:
+    with FakeArbiter(f"ipc://{tmp_path}/arbiter", client_caveats=True) as arbiter:
+        secret = started(arbiter)
+        arbiter.grant(APP, STORE, "/ds/*", "POST")
+        minted = token(arbiter, "/ds/job/", "POST", client="app1")
     store = Authoriser(secret, STORE)
     store.check(minted, method="POST", path="/ds/job/", client="app1")
     with pytest.raises(Unauthorized, match="client = app1"):
@@ -217,7 +285,7 @@ def test_bad_request_gets_128_and_the_arbiter_keeps_serving(
     reply = ask(ctx, arbiter, *frames)
     assert reply.code == zest.BAD_REQUEST
     assert reply.payload  # says what was wrong
-    assert ask(ctx, arbiter, GET_SECRET).payload == secret
+    assert ask(ctx, arbiter, GET_SECRET).code == zest.CONTENT
 
 
 def test_cm_routes_drive_the_same_state_as_the_methods(
@@ -305,6 +373,6 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
 
 def test_plain_arbiter_without_curve(tmp_path: Path) -> None:
     with FakeArbiter(f"ipc://{tmp_path}/plain", secret_key=None) as plain:
-        secret = plain.register_store(STORE, STORE_TOKEN)
+        plain.register_store(STORE, STORE_TOKEN)
         assert plain.public_key is None and plain.bound is not None
-        assert fetch_store_secret(plain.bound, None, STORE_TOKEN, STORE) == secret
+        assert fetch_store_secret(plain.bound, None, STORE_TOKEN, STORE) == plain.secret_of(STORE)

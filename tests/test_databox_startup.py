@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 import zmq
 
-from jobstore.arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
+from jobstore.arbiter import (
+    EXAMPLE_PUBLIC_KEY,
+    EXAMPLE_SECRET_KEY,
+    FakeArbiter,
+    fetch_store_secret,
+)
 from jobstore.client import Driver, JobClient
 from jobstore.databox import ArbiterTokens, Secrets, read_secrets, token_secret
 from jobstore.errors import ConfigError, RequestFailed, Timeout, Unauthorized
@@ -88,11 +93,10 @@ def stop(proc: subprocess.Popen[str]) -> None:
         proc.kill()
 
 
-def tokens(
-    arbiter: FakeArbiter, who: str, key: str, path: str, client: str | None = None
-) -> ArbiterTokens:
+def tokens(arbiter: FakeArbiter, who: str, key: str, path: str) -> ArbiterTokens:
+    """Tokens as the real arbiter mints them: path, method and target caveats only."""
     return ArbiterTokens(
-        arbiter.bound, EXAMPLE_PUBLIC_KEY, key, target=STORE, path=path, client=client, identity=who
+        arbiter.bound, EXAMPLE_PUBLIC_KEY, key, target=STORE, path=path, identity=who
     )
 
 
@@ -107,7 +111,7 @@ def test_a_job_runs_from_app_to_driver_and_back_in_databox_mode(
             "server_key": EXAMPLE_PUBLIC_KEY,
             "notify_endpoint": endpoints["notify"],
         }
-        app_tokens = tokens(arbiter, APP, APP_KEY, "/sensor-jobs/*", client=APP)
+        app_tokens = tokens(arbiter, APP, APP_KEY, "/sensor-jobs/*")
         with (
             JobClient(endpoints["request"], "sensor-jobs", APP, app_tokens, **kw) as app,
             Driver(
@@ -193,9 +197,8 @@ def test_an_unreachable_arbiter_is_retried_a_bounded_number_of_times(tmp_path: P
 def test_the_store_uses_the_secret_the_arbiter_gave_it(
     tmp_path: Path, arbiter: FakeArbiter
 ) -> None:
-    given = arbiter.register_store(STORE, STORE_KEY)
     secrets = read_secrets(write_secrets(tmp_path / "secrets"))
-    assert token_secret(arbiter.bound or "", secrets, STORE) == given
+    assert token_secret(arbiter.bound or "", secrets, STORE) == arbiter.secret_of(STORE)
 
 
 def test_a_token_from_another_store_does_not_work(tmp_path: Path, arbiter: FakeArbiter) -> None:
@@ -203,6 +206,7 @@ def test_a_token_from_another_store_does_not_work(tmp_path: Path, arbiter: FakeA
     try:
         wait_until_serving(proc)
         arbiter.register_store("other-store", "b3RoZXI=")
+        fetch_store_secret(arbiter.bound or "", EXAMPLE_PUBLIC_KEY, "b3RoZXI=", "other-store")
         arbiter.grant(APP, "other-store", "/sensor-jobs/*", "GET")
         elsewhere = ArbiterTokens(
             arbiter.bound,
@@ -210,7 +214,6 @@ def test_a_token_from_another_store_does_not_work(tmp_path: Path, arbiter: FakeA
             APP_KEY,
             target="other-store",
             path="/sensor-jobs/*",
-            client=APP,
             identity=APP,
         )
         with JobClient(

@@ -5,13 +5,19 @@ per message on a REP socket, a CURVE server when given a secret key, 69 for ever
 included). A request's token must be the container manager's key, or the arbiter token that
 the container named by uri_host was registered with; anything else gets 129.
 
-``GET /store/secret`` answers the store named by uri_host with its token secret as text (a UUID
-v4, as the arbiter makes it; the store keys macaroons with these bytes). ``POST /token``
-``{target, path, method, caveats}`` mints a macaroon with the target store's secret when a grant
-matches (equal target and method; equal path, or a granted path ending in ``*`` that the
-requested one extends by at least one character). The CM key alone may ``POST``
-``/cm/upsert-container-info`` ``{name, type, key}`` and ``/cm/grant-container-permissions``
-``{name, route: {target, path, method}, caveats}``. docs/databox.md lists where the fake differs.
+``GET /store/secret`` answers any registered container named by uri_host with a new token
+secret as text (a UUID v4 per call, as the arbiter makes it, so a restarted store invalidates
+the tokens minted for it before). ``POST /token`` ``{target, path, method, caveats}`` mints a
+macaroon with the target's current secret when a grant covers the route (equal target and
+method; equal path, or a granted path ending in ``*`` that the requested one extends by at
+least one character) and some grant of the caller has exactly the requested caveats; a target
+that has not fetched its secret yet gets 129. Like the arbiter, the macaroon carries ``path``,
+``method``, ``target`` and, for a one-item caveat list, an ``observe`` or ``destination``
+caveat; nothing else. A ``client`` caveat (``"client"`` in the body) is jobstore's extension,
+minted only by an arbiter made with ``client_caveats=True`` (``--client-caveats``). The CM key
+alone may ``POST`` ``/cm/upsert-container-info`` ``{name, type, key}`` and
+``/cm/grant-container-permissions`` ``{name, route: {target, path, method}, caveats}``.
+docs/databox.md lists where the fake differs.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 import zmq
 
 from . import auth
-from .errors import BadRequest, Forbidden, JobstoreError, RequestFailed, Unauthorized, Unavailable
+from .errors import BadRequest, JobstoreError, RequestFailed, Unauthorized, Unavailable
 from .protocol import Reply, Request, zest
 
 log = logging.getLogger("jobstore.arbiter")
@@ -46,6 +52,7 @@ CONTAINER_TYPES = ("app", "driver", "store")
 _UPSERT = "/cm/upsert-container-info"
 _GRANT = "/cm/grant-container-permissions"
 _UNDECODED = Request(method="GET", path="/")  # answers a frame too broken to decode
+MINTED_CAVEATS = ("observe", "destination")  # the arbiter mints no other requested caveat
 
 Caveats = tuple[tuple[str, str], ...]
 CaveatList = Iterable[Mapping[str, str]]
@@ -92,12 +99,16 @@ class FakeArbiter:
         *,
         secret_key: str | None = EXAMPLE_SECRET_KEY,
         cm_key: str = DEFAULT_CM_KEY,
+        client_caveats: bool = False,
     ) -> None:
+        """``client_caveats`` turns on jobstore's extension: a ``client`` caveat in tokens
+        whose request names one. The real arbiter never mints it, so it is off by default."""
         if secret_key is not None and len(secret_key) != 40:
             raise ValueError("secret_key must be a 40-character Z85 CURVE secret key, or None")
         self.endpoint = endpoint
         self.secret_key = secret_key
         self.cm_key = cm_key
+        self.client_caveats = client_caveats
         self.bound: str | None = None  # the endpoint actually bound, while serving
         self._containers: dict[str, _Container] = {}
         self._lock = threading.Lock()
@@ -116,11 +127,15 @@ class FakeArbiter:
         with self._lock:
             self._upsert({"name": name, "type": type, "key": arbiter_token})
 
-    def register_store(self, name: str, arbiter_token: str) -> bytes:
-        """Register a store; returns its new token secret, the bytes /store/secret sends."""
+    def register_store(self, name: str, arbiter_token: str) -> None:
+        """Register a store. Tokens for it are refused until it fetches its secret."""
+        self.register_container(name, arbiter_token, "store")
+
+    def secret_of(self, name: str) -> bytes | None:
+        """The token secret ``name`` fetched last (tokens are minted with it), or None."""
         with self._lock:
-            self._upsert({"name": name, "type": "store", "key": arbiter_token})
-            return self._store_secret(name)
+            record = self._containers.get(name)
+            return None if record is None else record.secret
 
     def grant(
         self, name: str, target: str, path: str, method: str, caveats: CaveatList = ()
@@ -182,11 +197,12 @@ class FakeArbiter:
         )
 
     def _store_secret(self, host: str | None) -> bytes:
+        # As the arbiter: any registered container gets one, and a new one on every call.
         record = self._containers.get(host or "")
         if record is None:
             raise Unauthorized(f"no container {host!r} is registered; send the store's name")
-        if record.secret is None:
-            raise Forbidden(f"{host!r} is registered as {record.type}; only stores get a secret")
+        record.secret = str(uuid.uuid4()).encode()
+        log.info("%s fetched a new token secret %s", host, record.secret.decode())
         return record.secret
 
     def _token(self, host: str | None, body: dict[str, Any]) -> str:
@@ -198,29 +214,37 @@ class FakeArbiter:
         if client is not None and not isinstance(client, str):
             raise BadRequest(f"field 'client' must be a string, got {client!r:.60}")
         store = self._containers.get(target)
-        if store is None or store.secret is None:
-            raise Unauthorized(f"target {target!r} is not a registered store")
-        grants = [g for g in caller.grants if g.covers(target, path, method)]
-        if not grants:
-            raise Unauthorized(f"{host!r} has no grant for {method} {path} on {target!r}")
-        if all(g.caveats != caveats for g in grants):
-            granted = " or ".join(json.dumps([dict([p]) for p in g.caveats]) for g in grants)
+        if store is None:
+            raise Unauthorized(f"target {target!r} is not a registered container")
+        if store.secret is None:
             raise Unauthorized(
-                f"{host!r} may get tokens for {method} {path} on {target!r} only with caveats "
-                f"{granted}; a token without observe serves observe requests too"
+                f"target {target!r} has not fetched its token secret (GET /store/secret) yet; "
+                "ask again once the store has started"
+            )
+        if not any(g.covers(target, path, method) for g in caller.grants):
+            raise Unauthorized(f"{host!r} has no grant for {method} {path} on {target!r}")
+        # The arbiter compares the requested caveats with those of every grant of the caller,
+        # not only the grants covering the route.
+        if all(g.caveats != caveats for g in caller.grants):
+            granted = " or ".join(json.dumps([dict([p]) for p in g.caveats]) for g in caller.grants)
+            raise Unauthorized(
+                f"{host!r} may get tokens only with caveats {granted}; "
+                "a token without observe serves observe requests too"
             )
         lines = [f"path = {path}", f"method = {method}", f"target = {target}"]
-        lines += [f"{key} = {value}" for key, value in caveats]
-        if client is not None:
+        if len(caveats) == 1 and caveats[0][0] in MINTED_CAVEATS:
+            lines.append(f"{caveats[0][0]} = {caveats[0][1]}")
+        if client is not None and self.client_caveats:
             lines.append(f"client = {client}")
+        elif client is not None:
+            log.info("%s asked for a client caveat; not minted (run with --client-caveats)", host)
         return auth.mint(store.secret, lines, location="", identifier="")
 
     def _upsert(self, body: dict[str, Any]) -> str:
         name, kind, key = (_text(body, k) for k in ("name", "type", "key"))
         if kind not in CONTAINER_TYPES:
             raise BadRequest(f"type must be one of {', '.join(CONTAINER_TYPES)}, got {kind!r:.40}")
-        secret = str(uuid.uuid4()).encode() if kind == "store" else None
-        self._containers[name] = _Container(kind, key, secret)
+        self._containers[name] = _Container(kind, key)  # no secret until it fetches one
         return name
 
     def _grant(self, body: dict[str, Any]) -> list[dict[str, str]]:
@@ -411,6 +435,12 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--store", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
     p.add_argument("--container", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
     p.add_argument("--grant", action="append", default=[], metavar="NAME:TARGET:METHOD:PATH")
+    p.add_argument(
+        "--client-caveats",
+        action="store_true",
+        help="jobstore's extension: add a client caveat to tokens whose request names a client "
+        "(the real arbiter never does)",
+    )
     p.set_defaults(func=run_cli)
 
 
@@ -433,10 +463,9 @@ def run_cli(args: argparse.Namespace) -> int:
         log.warning("CURVE with zestdb's published example key pair: development only")
     if len(key) != 40:
         raise SystemExit("jobstore: the CURVE secret key must be 40 characters of Z85")
-    arbiter = FakeArbiter(args.endpoint, secret_key=key)
-    for name, token in (_pair(spec, "--store") for spec in args.store):
-        secret = arbiter.register_store(name, token).decode()
-        log.info("store %s: token secret %s (served as GET /store/secret)", name, secret)
+    arbiter = FakeArbiter(args.endpoint, secret_key=key, client_caveats=args.client_caveats)
+    for spec in args.store:
+        arbiter.register_store(*_pair(spec, "--store"))
     for spec in args.container:
         arbiter.register_container(*_pair(spec, "--container"))
     for spec in args.grant:

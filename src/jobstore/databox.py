@@ -87,7 +87,9 @@ class ArbiterTokens:
     Pass an instance as ``token`` to :class:`~jobstore.client.JobClient` or
     :class:`~jobstore.client.Driver`. Each token is asked for ``path`` (e.g.
     ``/sensor-jobs/*`` for an app, ``/*`` for the store's driver), so one token per
-    method covers every request; ``client`` adds the client caveat an app needs.
+    method covers every request. ``client`` asks for jobstore's ``client`` caveat, which
+    the Databox arbiter ignores (only ``jobstore fake-arbiter --client-caveats`` mints it):
+    under its tokens an app's client id is what keeps its jobs private (docs/databox.md).
     Subscribing is authorised as a GET of the observed path, so the GET token serves it.
     """
 
