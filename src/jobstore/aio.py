@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
@@ -37,6 +38,7 @@ from .calls import (
     Subscription,
     Token,
     WatchCursor,
+    client_id,
     handler_outcome,
     no_reply,
     notify_endpoint_for,
@@ -271,18 +273,20 @@ class JobClient:
         self,
         endpoint: str,
         dsid: str,
-        client: str,
+        client: str | None = None,
         token: Token = None,
         *,
+        client_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | None = None,
         notify_endpoint: str | None = None,
         timeout: float = 5.0,
     ) -> None:
+        # ``client_file`` keeps a generated secret id (see calls.load_or_create_client_id).
+        self.client = client_id(client, client_file)
         self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
         self.dsid = dsid
-        self.client = client
         self.notify_endpoint = notify_endpoint
-        self._requests = ClientRequests(dsid, client)
+        self._requests = ClientRequests(dsid, self.client)
 
     async def __aenter__(self) -> JobClient:
         return self

@@ -18,7 +18,7 @@ from . import __version__
 from .admin import add_cli as add_admin
 from .admin import add_serve, env_setting
 from .arbiter import add_cli as add_fake_arbiter
-from .client import Driver, JobClient, JobContext, Token
+from .client import Driver, JobClient, JobContext, Token, load_or_create_client_id
 from .databox import (
     DEFAULT_SECRETS_DIR,
     ArbiterTokens,
@@ -97,8 +97,14 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     if client:
         p.add_argument(
             "--client",
-            default=env_setting("CLIENT", "cli"),
+            default=env_setting("CLIENT"),
             help="client id (JOBSTORE_CLIENT, default cli)",
+        )
+        p.add_argument(
+            "--client-file",
+            default=env_setting("CLIENT_FILE"),
+            help="instead of --client: a file keeping this client's secret id, made on first use "
+            "(JOBSTORE_CLIENT_FILE); with the arbiter's tokens the id is what keeps jobs private",
         )
 
 
@@ -120,12 +126,21 @@ def _token(args: argparse.Namespace, path: str, client: str | None = None) -> To
     )
 
 
+def _client_id(args: argparse.Namespace) -> str:
+    if not args.client_file:
+        return args.client or "cli"
+    if args.client:
+        raise ConfigError("give --client or --client-file (JOBSTORE_CLIENT_FILE), not both")
+    return load_or_create_client_id(args.client_file)
+
+
 def _job_client(args: argparse.Namespace) -> JobClient:
+    client = _client_id(args)
     return JobClient(
         args.endpoint,
         args.dsid,
-        args.client,
-        _token(args, f"/{args.dsid}/*", args.client),
+        client,
+        _token(args, f"/{args.dsid}/*", client),
         server_key=args.server_key,
         timeout=args.timeout,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -27,7 +28,10 @@ from .calls import (
     RetryJob,
     Token,
     WatchCursor,
+    client_id,
     handler_outcome,
+    load_or_create_client_id,
+    new_client_id,
     no_reply,
     notify_endpoint_for,
     secure,
@@ -50,6 +54,8 @@ __all__ = [
     "RetryJob",
     "Token",
     "Watch",
+    "load_or_create_client_id",
+    "new_client_id",
     "notify_endpoint_for",
 ]
 
@@ -116,18 +122,20 @@ class JobClient:
         self,
         endpoint: str,
         dsid: str,
-        client: str,
+        client: str | None = None,
         token: Token = None,
         *,
+        client_file: str | os.PathLike[str] | None = None,
         server_key: bytes | str | None = None,
         notify_endpoint: str | None = None,
         timeout: float = 5.0,
     ) -> None:
+        # ``client_file`` keeps a generated secret id (see calls.load_or_create_client_id).
+        self.client = client_id(client, client_file)
         self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
         self.dsid = dsid
-        self.client = client
         self.notify_endpoint = notify_endpoint
-        self._requests = ClientRequests(dsid, client)
+        self._requests = ClientRequests(dsid, self.client)
 
     def __enter__(self) -> JobClient:
         return self
