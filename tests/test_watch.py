@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from jobstore import watch as watch_module
 from jobstore.errors import ConfigError, Timeout
 from jobstore.watch import RICH_HINT, add_cli, run_watch
 from jobstore.watchstate import WatchState, parse_progress
@@ -61,20 +62,6 @@ class FakeSource:
 class TtyBuffer(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-class LineSignal(io.StringIO):
-    """A stdout that says when its first line has been written."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.first_line = threading.Event()
-
-    def write(self, text: str) -> int:
-        written = super().write(text)
-        if "\n" in text:
-            self.first_line.set()
-        return written
 
 
 # The state model
@@ -302,20 +289,123 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def run_alongside(work: Any, started: threading.Event) -> tuple[threading.Thread, list[Exception]]:
-    """Run ``work`` in a thread once ``started`` is set (the watch printed its first line)."""
-    errors: list[Exception] = []
+class ManualClock:
+    """A clock the test moves: the watch's loop waits on it until it is moved far enough."""
 
-    def target() -> None:
+    def __init__(self, now: float = 100.0) -> None:
+        self._now = now
+        self._cond = threading.Condition()
+        self._waits = 0  # how many times the loop has come to wait
+        self._done = False
+
+    def now(self) -> float:
+        with self._cond:
+            return self._now
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        with self._cond:
+            until = self._now + seconds
+            self._waits += 1
+            self._cond.notify_all()
+            while self._now < until and not event.is_set():
+                self._cond.wait(0.05)  # the feeder's event does not notify this condition
+
+    def started(self) -> None:
+        """Wait until the watch has subscribed and its loop waits for the first draw."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._waits > 0 or self._done, WAIT)
+
+    def advance(self, to: float) -> None:
+        """Move the clock to ``to`` and wait until the loop has acted on it."""
+        with self._cond:
+            seen, self._now = self._waits, to
+            self._cond.notify_all()
+            assert self._cond.wait_for(lambda: self._waits > seen or self._done, WAIT)
+
+    def finish(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+
+
+class Tracer:
+    """Tells the test when the watch's feeder has handed on every record up to a seq."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queued = 0
+
+    def trace(self, source: Any) -> Any:
+        real = source.watch
+
+        def watch(since: int = 0, **kw: Any) -> TracedStream:
+            return TracedStream(real(since, **kw), self)
+
+        source.watch = watch
+        return source
+
+    def handed_on(self, seq: int) -> None:
+        with self._cond:
+            self._queued = max(self._queued, seq)
+            self._cond.notify_all()
+
+    def wait_for(self, seq: int) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._queued >= seq, WAIT), "the watch lags"
+
+
+class TracedStream:
+    def __init__(self, inner: Any, tracer: Tracer) -> None:
+        self._inner, self._tracer, self._last = inner, tracer, 0
+
+    def __iter__(self) -> TracedStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        # The feeder asks for a record only once it has queued the one before.
+        self._tracer.handed_on(self._last)
+        record: dict[str, Any] = next(self._inner)
+        self._last = record["seq"]
+        return record
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def start_command(
+    monkeypatch: pytest.MonkeyPatch, *argv: str
+) -> tuple[ManualClock, Tracer, io.StringIO, threading.Thread, list[Any]]:
+    """Run ``jobstore watch`` in a thread on a manual clock, once it has subscribed."""
+    clock, tracer, out = ManualClock(), Tracer(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    real = watch_module.run_watch
+    monkeypatch.setattr(
+        watch_module,
+        "run_watch",
+        lambda source, **kw: real(tracer.trace(source), clock=clock, **kw),
+    )
+    results: list[Any] = []
+
+    def run() -> None:
         try:
-            assert started.wait(WAIT), "the watch printed nothing"
-            work()
+            results.append(watch_command(*argv))
         except Exception as exc:
-            errors.append(exc)
+            results.append(exc)
+        finally:
+            clock.finish()
 
-    thread = threading.Thread(target=target, daemon=True)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, errors
+    clock.started()
+    return clock, tracer, out, thread, results
+
+
+def finish_command(clock: ManualClock, thread: threading.Thread, results: list[Any]) -> None:
+    """Draw, jump over three intervals (one draw), then reach the deadline (the final draw)."""
+    for to in (100.25, 101.1, 102.0):
+        clock.advance(to)
+    thread.join(WAIT)
+    assert not thread.is_alive() and results == [0]
 
 
 def test_json_lines_follow_jobs_submitted_and_finished_while_watching(
@@ -323,29 +413,26 @@ def test_json_lines_follow_jobs_submitted_and_finished_while_watching(
 ) -> None:
     with store.client("app1") as app:
         app.submit({"n": -1}, job="before")  # history, caught up at start
-    out = LineSignal()
-    monkeypatch.setattr(sys, "stdout", out)
-
-    def work() -> None:
-        with store.client("app1") as app1, store.client("app2") as app2, store.driver() as driver:
-            for n in range(20):
-                app1.submit({"n": n}, job=f"a{n}")
-            taken = driver.take(25)
-            for record in taken[:17]:
-                driver.progress(record["job"], {"done": 1, "total": 2})
-                driver.complete(record["job"], {"ok": True})
-            driver.fail(taken[17]["job"], {"error": "no"})
-            driver.progress(taken[18]["job"], {"done": 3, "total": 10})
-            for n in range(5):
-                app2.submit({"n": n}, job=f"b{n}")
-
-    worker, errors = run_alongside(work, out.first_line)
     flags = ("--endpoint", store.endpoint, "--notify-endpoint", store.notify_endpoint)
-    assert watch_command("ds", *flags, "--json", "--seconds", "2") == 0
-    worker.join(WAIT)
-    assert not worker.is_alive() and errors == []
+    clock, tracer, out, thread, results = start_command(
+        monkeypatch, "ds", *flags, "--json", "--seconds", "2"
+    )
+    seqs: list[int] = []
+    with store.client("app1") as app1, store.client("app2") as app2, store.driver() as driver:
+        for n in range(20):
+            seqs.append(app1.submit({"n": n}, job=f"a{n}")["seq"])
+        taken = driver.take(25)
+        for record in taken[:17]:
+            driver.progress(record["job"], {"done": 1, "total": 2})
+            seqs.append(driver.complete(record["job"], {"ok": True})["seq"])
+        seqs.append(driver.fail(taken[17]["job"], {"error": "no"})["seq"])
+        seqs.append(driver.progress(taken[18]["job"], {"done": 3, "total": 10})["seq"])
+        for n in range(5):
+            seqs.append(app2.submit({"n": n}, job=f"b{n}")["seq"])
+    tracer.wait_for(max(seqs))
+    finish_command(clock, thread, results)
     lines = json_lines(out.getvalue())
-    assert 2 <= len(lines) <= 8  # at most one per 0.25 s interval
+    assert len(lines) == 3  # one per draw: a jump over several intervals draws once
     final = lines[-1]
     assert final["dsid"] == "ds" and final["client"] is None and final["problem"] is None
     # Taken oldest first: "before" and a0-a15 complete, a16 failed, a17-a19 running.
@@ -359,22 +446,21 @@ def test_json_lines_follow_jobs_submitted_and_finished_while_watching(
 def test_with_a_client_only_that_clients_jobs_are_shown(
     store: RunningStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = LineSignal()
-    monkeypatch.setattr(sys, "stdout", out)
-
-    def work() -> None:
-        with store.client("app1") as app1, store.client("app2") as app2, store.driver() as driver:
-            for n in range(3):
-                app1.submit({"n": n}, job=f"a{n}")
-                app2.submit({"n": n}, job=f"b{n}")
-            for record in driver.take(6):
-                driver.complete(record["job"])
-
-    worker, errors = run_alongside(work, out.first_line)
     flags = ("--endpoint", store.endpoint, "--notify-endpoint", store.notify_endpoint)
-    assert watch_command("ds", "--client", "app2", *flags, "--json", "--seconds", "2") == 0
-    worker.join(WAIT)
-    assert not worker.is_alive() and errors == []
+    clock, tracer, out, thread, results = start_command(
+        monkeypatch, "ds", "--client", "app2", *flags, "--json", "--seconds", "2"
+    )
+    seqs: list[int] = []
+    with store.client("app1") as app1, store.client("app2") as app2, store.driver() as driver:
+        for n in range(3):
+            app1.submit({"n": n}, job=f"a{n}")
+            app2.submit({"n": n}, job=f"b{n}")
+        for record in driver.take(6):
+            done = driver.complete(record["job"])
+            if done["client"] == "app2":
+                seqs.append(done["seq"])
+    tracer.wait_for(max(seqs))
+    finish_command(clock, thread, results)
     final = json_lines(out.getvalue())[-1]
     assert final["client"] == "app2" and final["counts"] == {"complete": 3}
     assert {r["job"] for r in final["recent"]} == {"b0", "b1", "b2"}

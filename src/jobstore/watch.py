@@ -57,6 +57,28 @@ class Source(Protocol):
     ) -> RecordStream: ...
 
 
+class Clock(Protocol):
+    """Where :func:`run_watch` reads the time and waits; tests pass one they move by hand."""
+
+    def now(self) -> float:
+        """Seconds on a clock that only moves forward."""
+        ...
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Return when ``event`` is set or ``seconds`` of this clock have passed."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: time.monotonic, and waiting on the event itself."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)
+
+
 def subscription_seq(source: Source) -> int:
     """The seq of the last change on the source's topic now: later ones are live, earlier history.
 
@@ -336,6 +358,7 @@ def run_watch(
     output: Output = "auto",
     out: TextIO | None = None,
     window: float = 5.0,
+    clock: Clock | None = None,
 ) -> int:
     """Follow ``source`` and draw its state every ``interval`` s until ``seconds`` have passed.
 
@@ -345,15 +368,17 @@ def run_watch(
     a second. ``output``: ``live`` (rich), ``plain`` (a line per draw, at most one a
     second), ``json`` (an object per draw) or ``auto``. Runs until interrupted when
     ``seconds`` is None. Errors of the first subscription (unreachable store, a token
-    refused) are raised; later the view shows them and keeps trying.
+    refused) are raised; later the view shows them and keeps trying. ``clock`` times the
+    draws, the deadline and the throughput (by default the monotonic clock).
     """
+    clock = clock or MonotonicClock()
     out = out or sys.stdout
     output, why = choose_output(output, out)
     if why:
         print(f"jobstore watch: {why}; printing a summary line a second", file=sys.stderr)
     client = source.client if isinstance(source, JobClient) else None
     label = source.dsid if client is None else f"{source.dsid} (client {client})"
-    state = WatchState(baseline_seq=subscription_seq(source), window=window)
+    state = WatchState(baseline_seq=subscription_seq(source), window=window, clock=clock.now)
     feeder = _Feeder(source, source.watch(0, timeout=QUIET))
     period = max(interval, 1.0) if output == "plain" else interval
     view: _View
@@ -368,16 +393,16 @@ def run_watch(
         feeder.stop()
         raise
     try:
-        now = time.monotonic()
+        now = clock.now()
         deadline = math.inf if seconds is None else now + seconds
         next_draw = now + period
         while True:
             # Wake to draw, or at once when the feeder ends (a finite source, or an error).
-            feeder.ended.wait(max(0.0, min(next_draw, deadline) - time.monotonic()))
+            clock.wait(feeder.ended, max(0.0, min(next_draw, deadline) - clock.now()))
             feeder.drain_into(state)
             if feeder.error is not None:
                 raise feeder.error
-            now = time.monotonic()
+            now = clock.now()
             if feeder.ended.is_set() or now >= deadline:
                 break
             if now >= next_draw:
