@@ -107,6 +107,15 @@ def test_a_batch_of_large_submits_grows_the_map_inside_the_batch(tmp_path: Path)
     assert store.storage.map_size() >= 40 * 40 * KiB
 
 
+def test_a_take_of_many_large_jobs_grows_the_map_inside_the_batch(tmp_path: Path) -> None:
+    store = Store(tmp_path / "data", map_size=64 * KiB, max_map_size=64 << 20)
+    for i in range(20):
+        assert store.submit(f"big{i}", 12 * KiB)[0] == 201
+    status, body, error = store.call("POST", "/server/ds/job/take", {"max": 20})
+    assert status == 200, error
+    assert len(body["jobs"]) == 20
+
+
 def test_reads_takes_and_reports_work_while_submits_are_refused(tmp_path: Path) -> None:
     # 80% of a tiny ceiling: the last 5% of 2 MiB is less than a take of 20 large records
     # needs (LMDB writes each changed record anew before it frees the old pages).
@@ -176,7 +185,7 @@ def test_the_decoded_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
     base = Job("ds", "j", "c", None, Status.ACCEPTED, T0, T0, 1)
     for i in range(300):
         job = base.evolve(
-            job=f"j{i % 40}", seq=i + 1, progress="p" * rng.choice([10, 2000, 9000, 60_000])
+            job=f"j{i % 40}", seq=i + 1, progress="p" * rng.choice([10, 2000, 9000, 20_000, 60_000])
         )
         with storage.write() as txn:
             txn.put(job, txn.get("ds", job.job))
