@@ -19,7 +19,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench examples fuzz
 	$(BIN)/mypy --strict src
 
+# tests/test_serve_process.py counts the store's fsync calls under strace: installed when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 test: lint
+	@command -v strace >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq strace; }
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Development store: the default ports, on loopback only (the Docker image binds 0.0.0.0).

@@ -25,7 +25,13 @@ from .databox import (
 from .errors import ConfigError, JobstoreError
 from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
 from .service import Limits, Service
-from .storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
+from .storage import (
+    DEFAULT_CACHE_BYTES,
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    DataDirLock,
+    Storage,
+)
 
 log = logging.getLogger("jobstore")
 
@@ -133,6 +139,7 @@ def add_serve(sub: Any) -> None:
             DEFAULT_MAX_MAP_SIZE,
             "the map grows up to this; new jobs get 507 near it",
         ),
+        ("record-cache", DEFAULT_CACHE_BYTES, "bytes of recently written records kept decoded"),
         ("max-frame", server.max_frame, "largest request frame, bytes (413 above)"),
         (
             "max-inflight",
@@ -203,7 +210,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .auth import Authoriser
 
         auth = Authoriser(token_key, args.identity)
-    storage = Storage(args.data_dir, map_size=args.map_size, max_map_size=args.max_map_size)
+    # Before the data is opened: a second store on the directory names the first and stops.
+    lock = DataDirLock(
+        args.data_dir,
+        f"pid {os.getpid()}, request endpoint {args.request_endpoint}, "
+        f"notify endpoint {args.notify_endpoint}",
+    )
+    storage = Storage(
+        args.data_dir,
+        map_size=args.map_size,
+        max_map_size=args.max_map_size,
+        cache_bytes=args.record_cache,
+    )
     limits = Limits(
         lease_ms=args.lease,
         max_attempts=args.max_attempts,
@@ -231,6 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # An unprotected store is logged as a warning, so it stands out in any log.
         log.log(logging.WARNING if "OFF" in line else logging.INFO, "%s", line)
     server.serve()
+    lock.release()
     log.info("stopped")
     return 0
 

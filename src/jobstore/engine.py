@@ -13,6 +13,12 @@ one fails after writing (a full map, or a bug), the batch is abandoned and run
 again with each request in a nested transaction of its own, which rolls back
 alone. Nested transactions are not used always because they cost about as much
 as the request's own writes: LMDB copies every page the request touches.
+
+A batch that finds the map full (LMDB's MapFullError, in a request or at the
+commit) is abandoned, the map is doubled up to its ceiling, and the batch runs
+again; only at the ceiling does a request get 507. New jobs are refused before
+that, once the data in use reaches ``Limits.full_at`` of the ceiling, so work in
+flight keeps the room it needs.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from .errors import (
     JobstoreError,
     NotFound,
     StorageFull,
+    Unavailable,
 )
 from .notify import Change, Sealer, client_topic, server_topic
 from .protocol import Reply, Request
@@ -54,6 +61,13 @@ EVENT_KINDS = {
 
 class _Isolate(Exception):
     """A request failed after writing: run the batch again, each request in a nested transaction."""
+
+
+class _Grow(Exception):
+    """A request found the map full while it can still grow: grow it and run the batch again."""
+
+
+WATCH_MS = 1000  # how often the data directory is checked for being deleted or replaced
 
 
 ROUTE_CACHE_SIZE = 4096
@@ -120,6 +134,8 @@ class Engine:
         self.limits = limits or Limits()
         self.sealer = Sealer(storage.secret)
         self._full = False
+        self.misplaced: str | None = None  # why writes are refused: the data directory went away
+        self._watch_at = 0
         self.activity = Activity()
         self._events: list[tuple[str, str]] = []  # (dsid, kind) of this batch, recorded on commit
         self.handled = 0
@@ -149,6 +165,7 @@ class Engine:
         the changes made by lease expiry and one outcome per request, then one per
         woken request.
         """
+        self.watch_data_dir(now)
         self._full = self.storage.grow() >= self.limits.full_at
         handled = list(requests)
         self.handled += len(requests)
@@ -159,12 +176,22 @@ class Engine:
             self.handled += len(woken)
             return woken
 
+        batch: Sequence[Request] = requests
+        isolate = False
         try:
-            try:
-                expired, outcomes = self._batch(requests, now, wake_once, isolate=False)
-            except _Isolate:
+            while True:
+                try:
+                    expired, outcomes = self._batch(batch, now, wake_once, isolate=isolate)
+                    break
+                except _Isolate:
+                    isolate = True
+                except (_Grow, StorageFull) as exc:
+                    # Full in a request or at the commit: retry in a larger map, if there is one.
+                    if not self.storage.enlarge():
+                        raise _failure_full() from exc
+                    log.info("data file full: map grown to %d bytes", self.storage.map_size())
                 # The takes woken already run again too, after the batch's own requests.
-                expired, outcomes = self._batch(list(handled), now, wake_once, isolate=True)
+                batch = list(handled)
             self.activity.record(self._events, now)
         except JobstoreError as exc:
             return [], [Outcome(error_reply(r, exc)) for r in handled]
@@ -173,6 +200,24 @@ class Engine:
             err = JobstoreError(f"the store could not commit this batch ({exc}); retry the request")
             return [], [Outcome(error_reply(r, err)) for r in handled]
         return expired, outcomes
+
+    def watch_data_dir(self, now: int) -> None:
+        """Every WATCH_MS, check the data directory is still the one opened; refuse writes
+        (503) while it is not. The server also calls this when idle."""
+        if now < self._watch_at:
+            return
+        self._watch_at = now + WATCH_MS
+        problem = self.storage.misplaced()
+        if problem != self.misplaced:
+            if problem is not None:
+                log.error(
+                    "%s: refusing every write until the store is restarted on its data "
+                    "(changes now would be lost)",
+                    problem,
+                )
+            else:
+                log.warning("the data directory %s is back: accepting writes", self.storage.path)
+        self.misplaced = problem
 
     def _batch(
         self,
@@ -184,7 +229,7 @@ class Engine:
     ) -> tuple[list[Change], list[Outcome]]:
         self._events.clear()
         with self.storage.write() as txn:
-            expired = self._expire(txn, now)
+            expired = [] if self.misplaced else self._expire(txn, now)
             outcomes = [self._one(txn, request, now, isolate) for request in requests]
             queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
             queued.update(c.job.dsid for c in expired if c.job.status.queued)
@@ -194,7 +239,8 @@ class Engine:
                     outcomes[i] = self._one(txn, requests[i], now, isolate)
             if wake is not None and queued:
                 outcomes += [self._one(txn, request, now, isolate) for request in wake(queued)]
-            self._purge(txn, now)
+            if not self.misplaced:
+                self._purge(txn, now)
             self.next_lease = txn.next_lease()
         return expired, outcomes
 
@@ -207,12 +253,19 @@ class Engine:
     def _one(self, txn: Txn, request: Request, now: int, isolate: bool) -> Outcome:
         mark, writes = len(self._events), txn.writes
         try:
+            if self.misplaced is not None and request.method != "GET":
+                raise Unavailable(
+                    f"the store's data directory is gone ({self.misplaced}): writes are refused "
+                    "until the operator restarts the store on its data; retry later"
+                )
             handler, params = self._route(request)
             if not isolate:
                 return handler(self, txn, request, now, params)
             with txn.nested() as child:
                 return handler(self, child, request, now, params)
         except Exception as exc:
+            if isinstance(exc, lmdb.MapFullError) and not self.storage.at_ceiling():
+                raise _Grow from exc
             if txn.writes != writes:
                 raise _Isolate from exc  # only a nested transaction can undo what it wrote
             error = _failure(request, exc)
@@ -316,9 +369,16 @@ def _failure(request: Request, exc: Exception) -> JobstoreError:
     if isinstance(exc, JobstoreError):
         return exc
     if isinstance(exc, lmdb.MapFullError):
-        return StorageFull("the store's data file is full")
+        return _failure_full()
     log.error("unexpected error handling %s %s", request.method, request.path, exc_info=exc)
     return JobstoreError("internal error in the store; it has been logged, please report it")
+
+
+def _failure_full() -> StorageFull:
+    return StorageFull(
+        "the store's data file is full even at its ceiling: wait for finished jobs to be "
+        "purged, or ask the operator to raise --max-map-size"
+    )
 
 
 def error_reply(request: Request, exc: JobstoreError) -> Reply:

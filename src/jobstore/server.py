@@ -232,6 +232,7 @@ class Server:
         )
         pending = self._unpark(now, lambda dsid, deadline: deadline <= now) + pending
         if not pending and (self.service.next_lease is None or self.service.next_lease > now):
+            self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(now)
             return
         woken: list[_Pending] = []

@@ -30,12 +30,14 @@ LMDB read and write.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cbor2
 import lmdb
@@ -52,8 +54,11 @@ FORMAT_KEY = b"format"
 FORMAT = 2
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
-GROW_AT = 0.8  # grow the map when it is this full
-DECODED_CACHE_SIZE = 4096
+GROW_AT = 0.8  # grow the map before a batch when its highest page is this far in
+DEFAULT_CACHE_BYTES = 32 << 20
+CACHE_RECORD_MAX = 16 << 10  # larger records are not kept decoded: they would crowd out the rest
+LOCK_FILE = "jobstore.lock"
+DATA_FILE = "data.mdb"
 _U64 = 8
 
 
@@ -106,6 +111,103 @@ def index_keys(job: Job) -> dict[str, bytes]:
     return {db: key for db, key in zip(INDEXES, entries, strict=True) if key is not None}
 
 
+def _committed_end(data: bytes) -> tuple[int, int] | None:
+    """(bytes the last committed transaction needs, page size) from the head of a data.mdb.
+
+    LMDB keeps two meta pages (pages 0 and 1); the one with the higher txnid is
+    current. Each starts, after the page header, with an MDB_meta: magic,
+    version, address, map size, two MDB_db records (the free one's pad field is
+    the page size), mm_last_pg, mm_txnid. Fields are native size and order.
+    None when the head holds no valid meta page.
+    """
+    word = struct.calcsize("P")  # pgno_t, size_t and pointers
+    header = word + 8  # MDB_page: pgno, pad, flags, lower/upper
+    db = 8 + 5 * word  # MDB_db: pad, flags, depth, three page counts, entries, root
+    last_at = 8 + 2 * word + 2 * db
+    number = "Q" if word == 8 else "I"
+    metas: list[tuple[int, int, int]] = []  # txnid, last page, page size
+    start = header
+    for _page in (0, 1):
+        if len(data) < start + last_at + 2 * word:
+            break
+        magic, _version = struct.unpack_from("=II", data, start)
+        if magic != 0xBEEFC0DE:
+            break
+        (psize,) = struct.unpack_from("=I", data, start + 8 + 2 * word)
+        last, txnid = struct.unpack_from(f"={number}{number}", data, start + last_at)
+        metas.append((txnid, last, psize))
+        start = psize + header  # page 1 starts one page in
+    if not metas:
+        return None
+    _txnid, last, psize = max(metas)
+    return (last + 1) * psize, psize
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse a data.mdb shorter than its last commit says, before LMDB maps it.
+
+    A truncated file would be mapped without complaint, and the first read past
+    its end kills the process with SIGBUS.
+    """
+    file = path / DATA_FILE
+    try:
+        with file.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(1 << 17)  # both meta pages, for any page size up to 64 KiB
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # created but never written: LMDB initialises it
+    restore = (
+        "restore the data directory from a copy made with `jobstore backup` (or another good "
+        "copy) and serve from that"
+    )
+    found = _committed_end(head)
+    if found is None:
+        raise ConfigError(f"{file} is not an LMDB data file (no valid meta page): {restore}")
+    need, _psize = found
+    if size < need:
+        raise ConfigError(
+            f"{file} is truncated: it holds {size} bytes but its last commit needs {need}; "
+            f"reading it would crash. It was cut short (a full disk, an interrupted copy): {restore}"
+        )
+
+
+class DataDirLock:
+    """An exclusive lock on a data directory for one serving process (``DIR/jobstore.lock``).
+
+    The file names the holder (pid and endpoints), so a second store can say
+    who is serving. ``jobstore check`` and ``backup`` do not take it.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], holder: str) -> None:
+        directory = Path(path)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = directory / LOCK_FILE
+        self._file: IO[str] = self.path.open("a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            other = self._file.read().strip() or "one still starting up"
+            self._file.close()
+            raise ConfigError(
+                f"another jobstore is serving {directory} ({other}): stop it first, or give this "
+                "one another --data-dir (LMDB allows many readers but one store per directory)"
+            ) from None
+        self._file.truncate(0)
+        self._file.write(holder + "\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        self._file.close()  # closing drops the lock; the file stays, naming the last holder
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
+
+
 class Storage:
     """The LMDB environment of one data directory."""
 
@@ -116,12 +218,17 @@ class Storage:
         max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         *,
         readonly: bool = False,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
-        """Open (creating, mode 0700, unless ``readonly``) the data directory at ``path``."""
+        """Open (creating, mode 0700, unless ``readonly``) the data directory at ``path``.
+
+        ``cache_bytes`` bounds the records kept decoded (see :meth:`remember`).
+        """
         self.path = Path(path)
         if not readonly:
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.path.chmod(0o700)
+        check_data_file(self.path)
         self.max_map_size = max(max_map_size, 1 << 16)
         self.env = lmdb.open(
             str(self.path),
@@ -133,10 +240,14 @@ class Storage:
             readonly=readonly,
         )
         self._page_size = int(self.env.stat()["psize"])
+        # What the directory and its data file were when opened, to notice them replaced.
+        self._identity = (_identity(self.path), _identity(self.path / DATA_FILE))
         # (dsid, stored bytes) -> record, for records written lately: a take or a status report
         # reads a record written a batch or two before, and the bytes decide the record, so a
-        # hit can never be stale. Cleared when full.
+        # hit can never be stale. Bounded in bytes (decoded_bytes); cleared when full.
         self.decoded: dict[tuple[str, bytes], Job] = {}
+        self.cache_bytes = cache_bytes
+        self.decoded_bytes = 0
         self.dbs = {
             name: self.env.open_db(name.encode(), create=not readonly)
             for name in ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
@@ -159,24 +270,88 @@ class Storage:
     def close(self) -> None:
         self.env.close()
 
+    @staticmethod
+    def cost(dsid: str, value: bytes) -> int:
+        """What a decoded-cache entry is charged: its stored bytes (the key) and as much again
+        for the decoded record, plus the dict entry and tuples."""
+        return 2 * len(value) + len(dsid) + 200
+
+    def remember(self, dsid: str, value: bytes, job: Job) -> None:
+        """Keep ``job`` decoded under its stored bytes, within ``cache_bytes``.
+
+        Records over CACHE_RECORD_MAX are skipped: they are cheap to decode next to
+        the room they would take, and a few of them would evict every small one.
+        """
+        if len(value) > CACHE_RECORD_MAX:
+            return
+        key = (dsid, value)
+        if key in self.decoded:
+            return
+        cost = self.cost(dsid, value)
+        if self.decoded_bytes + cost > self.cache_bytes:
+            self.decoded.clear()
+            self.decoded_bytes = 0
+            if cost > self.cache_bytes:
+                return
+        self.decoded[key] = job
+        self.decoded_bytes += cost
+
     def used(self) -> int:
-        """Bytes of the map in use (pages up to the last one written)."""
-        return int((self.env.info()["last_pgno"] + 1) * self._page_size)
+        """Bytes of the data in use: pages of every database, not the free ones.
+
+        LMDB reuses freed pages but never shrinks the file, so its highest page
+        (``last_pgno``) only grows. The pages in use are the branch, leaf and
+        overflow pages of each database (``txn.stat``, read from the database
+        record: no scan), the main database's, and the two meta pages; the free
+        list's own few pages are left out.
+        """
+        with self.env.begin() as txn:
+            pages = 2 + sum(
+                int(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"])
+                for s in (self.env.stat(), *(txn.stat(db) for db in self.dbs.values()))
+            )
+        return pages * self._page_size
 
     def fill(self) -> float:
-        """How full the map may become, as a fraction of its ceiling (``max_map_size``)."""
+        """How much of the map's ceiling (``max_map_size``) the data uses, from 0 to 1."""
         return self.used() / self.max_map_size
 
     def grow(self) -> float:
-        """Double the map (up to the ceiling) once it is GROW_AT full; return :meth:`fill`.
-
-        Call with no transaction open.
-        """
+        """Double the map (up to the ceiling) once its highest page is GROW_AT in; return
+        :meth:`fill`. Call with no transaction open."""
         info = self.env.info()
-        size, used = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
-        if size < self.max_map_size and used > size * GROW_AT:
+        size, end = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
+        if size < self.max_map_size and end > size * GROW_AT:
             self.env.set_mapsize(min(size * 2, self.max_map_size))
-        return used / self.max_map_size
+        return self.fill()
+
+    def map_size(self) -> int:
+        return int(self.env.info()["map_size"])
+
+    def at_ceiling(self) -> bool:
+        return self.map_size() >= self.max_map_size
+
+    def enlarge(self) -> bool:
+        """Double the map (up to the ceiling) after a batch found it full: False when it is
+        at the ceiling already. Call with no transaction open."""
+        if self.at_ceiling():
+            return False
+        self.env.set_mapsize(min(self.map_size() * 2, self.max_map_size))
+        return True
+
+    def misplaced(self) -> str | None:
+        """Why the data directory or its data file is no longer the one opened, or None.
+
+        A directory deleted or replaced under a running store leaves it writing to
+        a file nobody will read again. Two stat calls: cheap, but not for every request.
+        """
+        try:
+            now = (_identity(self.path), _identity(self.path / DATA_FILE))
+        except OSError as exc:
+            return f"{exc.filename} is gone ({exc.strerror})"
+        if now != self._identity:
+            return f"{self.path} or its {DATA_FILE} was replaced by another file"
+        return None
 
     @contextmanager
     def write(self) -> Iterator[Txn]:
@@ -188,7 +363,8 @@ class Storage:
                 top.flush()
         except lmdb.MapFullError:
             raise StorageFull(
-                "the store's data file is full: purge old jobs or restart with a larger --map-size"
+                "the store's data file is full: wait for finished jobs to be purged, or ask the "
+                "operator to restart the store with a larger --max-map-size"
             ) from None
 
     @contextmanager
@@ -343,10 +519,7 @@ class Txn:
             encoded = records.encode(new)
         value = records.dump(new, encoded)
         txn.put(key, value, db=self.db["jobs"])
-        decoded = self.storage.decoded
-        if len(decoded) >= DECODED_CACHE_SIZE:
-            decoded.clear()
-        decoded[new.dsid, value] = new
+        self.storage.remember(new.dsid, value, new)
         status = new.status
         if old is None or old.status is not status:
             if old is not None:
