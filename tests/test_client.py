@@ -11,7 +11,7 @@ import pytest
 from jobstore.client import ForbidJob, JobCancelled, JobClient, JobContext, RetryJob
 from jobstore.errors import RequestFailed, Timeout
 
-from .conftest import Clocks, RunningStore
+from .conftest import Clocks, RunningStore, StoreFactory
 
 HOUR = 3_600_000
 
@@ -358,3 +358,20 @@ def test_a_job_handed_back_after_a_cancel_request_reaches_the_next_handler_with_
         first.retry(job)
         assert second.run(handler, max_jobs=1, wait=1000) == 1
         assert seen == [True] and app.status(job)["status"] == "cancelled"
+
+
+def test_a_lease_keeps_what_it_had_left_across_a_restart_a_day_later(
+    start_store: StoreFactory, clocks: Clocks
+) -> None:
+    first = start_store()
+    with first.client() as app, first.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take(lease=60_000)
+    first.stop()
+    clocks.wall += 24 * HOUR  # the box was off for a day (or its clock is set on boot)
+    second = start_store(data_dir=first.data_dir)
+    with second.client() as app, second.driver() as driver:
+        assert app.status(job)["status"] == "accepted"
+        clocks.mono += 60_000  # the lease's minute passes with the store up, and no renewal
+        [again] = driver.take(wait=5000)
+        assert again["job"] == job and again["attempts"] == 2
