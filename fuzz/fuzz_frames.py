@@ -37,7 +37,7 @@ def one_input(data: bytes) -> None:
     except ProtocolError:
         return
     NOW[0] += 997
-    expired, [outcome] = SERVICE.handle_batch([request], NOW[0])
+    expired, [outcome] = SERVICE.handle_batch([request], NOW[0], mono=NOW[0])
     if outcome.reply is not None and outcome.reply.status == 500:
         raise AssertionError(f"internal error for {request!r}: {outcome.reply.error}")
     for change in [*expired, *outcome.changes]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import zmq
 
+from jobstore import server as server_module
 from jobstore.client import Driver, JobClient
 from jobstore.server import Server, ServerConfig
 from jobstore.service import Limits, Service
@@ -106,3 +107,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def crash_rounds(request: pytest.FixtureRequest) -> int:
     rounds: int = request.config.getoption("--crash-rounds")
     return rounds
+
+
+class Clocks:
+    """Steps of the served stores' clocks, in ms: the wall clock (record times) and the monotonic
+    clock (leases), as the server reads them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.wall = self.mono = 0
+        wall, mono = server_module.now_ms, server_module.mono_ms
+        monkeypatch.setattr(server_module, "now_ms", lambda: wall() + self.wall)
+        monkeypatch.setattr(server_module, "mono_ms", lambda: mono() + self.mono)
+
+
+@pytest.fixture
+def clocks(monkeypatch: pytest.MonkeyPatch) -> Clocks:
+    return Clocks(monkeypatch)

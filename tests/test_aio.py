@@ -15,7 +15,7 @@ from jobstore.aio import Driver, ForbidJob, JobCancelled, JobClient, JobContext,
 from jobstore.auth import Authoriser
 from jobstore.errors import ClientError, RequestFailed, Timeout
 
-from .conftest import RunningStore, StoreFactory
+from .conftest import Clocks, RunningStore, StoreFactory
 from .test_databox import IDENTITY, PUBLIC_KEY, SECRET_KEY, TOKEN_SECRET, app_token, token
 
 T = TypeVar("T")
@@ -385,5 +385,54 @@ def test_a_curve_client_with_a_token_runs_a_job_end_to_end(start_store: StoreFac
             await drv.complete(taken["job"], {"a": 2})
             assert (await anext(watch))["response"] == {"a": 2}
             assert (await app.status(job))["status"] == "complete"
+
+    run(main())
+
+
+def test_driver_run_logs_a_job_that_changed_under_it_and_runs_the_next(
+    store: RunningStore, clocks: Clocks, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def handler(ctx: JobContext) -> str:
+            if ctx.request == "first":
+                started.set()
+                await release.wait()
+            return f"done {ctx.request}"
+
+        async with client(store) as app, driver(store) as runner, driver(store) as other:
+            first = (await app.submit("first"))["job"]
+            # Renewals every 20 s: none falls inside this test, so the lease runs out.
+            task = asyncio.create_task(runner.run(handler, lease=60_000, wait=50, max_jobs=2))
+            await asyncio.wait_for(started.wait(), 5)
+            clocks.mono += 60_000  # the runner's lease runs out while its handler works
+            [taken] = await other.take(wait=5000)
+            assert taken["job"] == first and taken["attempts"] == 2
+            second = (await app.submit("second"))["job"]
+            release.set()
+            assert await asyncio.wait_for(task, 10) == 2
+            assert (await app.status(second))["response"] == "done second"
+            record = await app.status(first)
+            assert record["status"] == "accepted" and record["attempts"] == 2  # still the other's
+        assert f"job {first} changed under the driver" in caplog.text
+
+    run(main())
+
+
+def test_a_driver_whose_lease_ran_out_cannot_finish_the_job_another_driver_holds(
+    store: RunningStore, clocks: Clocks
+) -> None:
+    async def main() -> None:
+        async with client(store) as app, driver(store) as stale, driver(store) as current:
+            job = (await app.submit("x"))["job"]
+            await stale.take(lease=60_000)
+            clocks.mono += 60_000
+            [again] = await current.take(wait=5000)
+            assert again["attempts"] == 2
+            with pytest.raises(RequestFailed) as refused:
+                await stale.complete(job, "stale")
+            assert refused.value.status == 409 and refused.value.body["attempts"] == 2
+            assert (await current.complete(job, "current"))["response"] == "current"
 
     run(main())

@@ -11,7 +11,9 @@ import pytest
 from jobstore.client import ForbidJob, JobCancelled, JobClient, JobContext, RetryJob
 from jobstore.errors import RequestFailed, Timeout
 
-from .conftest import RunningStore
+from .conftest import Clocks, RunningStore, StoreFactory
+
+HOUR = 3_600_000
 
 
 def run_driver_in_thread(
@@ -246,3 +248,130 @@ def test_calls_to_a_store_that_never_answers_time_out_even_with_a_full_queue(tmp
             with pytest.raises(Timeout):
                 app.submit("x" * 100_000)
     silent.close()
+
+
+def test_a_second_cancel_cancels_a_job_handed_back_after_a_cancel_request(
+    store: RunningStore,
+) -> None:
+    with store.client() as app, store.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take()
+        asked = app.cancel(job)
+        assert asked["status"] == "accepted" and asked["cancel_requested"] is True
+        assert driver.retry(job)["status"] == "retrying"
+        assert app.cancel(job)["status"] == "cancelled"
+        assert driver.take() == []
+
+
+def test_a_wall_clock_step_forward_expires_no_lease(store: RunningStore, clocks: Clocks) -> None:
+    with store.client() as app, store.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take(lease=60_000)
+        clocks.wall += HOUR  # NTP sets the clock of a box with no RTC; no time has passed
+        assert app.status(job)["status"] == "accepted"
+        assert driver.complete(job, "done")["status"] == "complete"
+
+
+def test_a_wall_clock_step_back_keeps_no_dead_drivers_lease(
+    store: RunningStore, clocks: Clocks
+) -> None:
+    with store.client() as app, store.driver() as dead, store.driver() as alive:
+        job = app.submit("x")["job"]
+        dead.take(lease=60_000)
+        clocks.wall -= HOUR  # the clock is set back an hour ...
+        clocks.mono += 60_000  # ... and the lease's minute passes without a word from its driver
+        [again] = alive.take(wait=5000)
+        assert again["job"] == job and again["attempts"] == 2
+        assert again["created"] <= again["updated"]
+
+
+def test_a_driver_whose_lease_ran_out_cannot_finish_the_job_another_driver_holds(
+    store: RunningStore, clocks: Clocks
+) -> None:
+    with store.client() as app, store.driver() as stale, store.driver() as current:
+        job = app.submit("x")["job"]
+        stale.take(lease=60_000)
+        clocks.mono += 60_000
+        [again] = current.take(wait=5000)
+        assert again["attempts"] == 2
+        for report in (lambda: stale.progress(job, "half"), lambda: stale.complete(job, "stale")):
+            with pytest.raises(RequestFailed) as refused:
+                report()
+            assert refused.value.status == 409 and "not 1" in refused.value.message
+            assert refused.value.body["status"] == "accepted"
+            assert refused.value.body["attempts"] == 2
+        assert current.complete(job, "current")["response"] == "current"
+
+
+def test_driver_run_logs_a_job_that_changed_under_it_and_runs_the_next(
+    store: RunningStore, clocks: Clocks, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def handler(ctx: JobContext) -> str:
+        if ctx.request == "first":
+            started.set()
+            assert release.wait(10), "the test never released the first job"
+        return f"done {ctx.request}"
+
+    ran: list[int | BaseException] = []
+
+    def work() -> None:
+        with store.driver() as driver:
+            try:
+                # Renewals every 20 s: none falls inside this test, so the lease runs out.
+                ran.append(driver.run(handler, lease=60_000, wait=50, max_jobs=2))
+            except BaseException as exc:
+                ran.append(exc)
+
+    with store.client() as app, store.driver() as other:
+        first = app.submit("first")["job"]
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        assert started.wait(5)
+        clocks.mono += 60_000  # the first driver's lease runs out while its handler works
+        [taken] = other.take(wait=5000)
+        assert taken["job"] == first and taken["attempts"] == 2
+        second = app.submit("second")["job"]
+        release.set()
+        thread.join(10)
+        assert not thread.is_alive() and ran == [2]
+        assert app.status(second)["response"] == "done second"
+        record = app.status(first)
+        assert record["status"] == "accepted" and record["attempts"] == 2  # still the other's
+    assert f"job {first} changed under the driver" in caplog.text
+
+
+def test_a_job_handed_back_after_a_cancel_request_reaches_the_next_handler_with_it(
+    store: RunningStore,
+) -> None:
+    seen: list[bool] = []
+
+    def handler(ctx: JobContext) -> None:
+        seen.append(ctx.cancel_requested)
+        raise JobCancelled("as asked")
+
+    with store.client() as app, store.driver() as first, store.driver() as second:
+        job = app.submit("x")["job"]
+        first.take()
+        app.cancel(job)
+        first.retry(job)
+        assert second.run(handler, max_jobs=1, wait=1000) == 1
+        assert seen == [True] and app.status(job)["status"] == "cancelled"
+
+
+def test_a_lease_keeps_what_it_had_left_across_a_restart_a_day_later(
+    start_store: StoreFactory, clocks: Clocks
+) -> None:
+    first = start_store()
+    with first.client() as app, first.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take(lease=60_000)
+    first.stop()
+    clocks.wall += 24 * HOUR  # the box was off for a day (or its clock is set on boot)
+    second = start_store(data_dir=first.data_dir)
+    with second.client() as app, second.driver() as driver:
+        assert app.status(job)["status"] == "accepted"
+        clocks.mono += 60_000  # the lease's minute passes with the store up, and no renewal
+        [again] = driver.take(wait=5000)
+        assert again["job"] == job and again["attempts"] == 2

@@ -96,11 +96,14 @@ OPERATIONS = st.one_of(
         lambda d, j, lease: post(f"/server/{d}/job/accept", job=j, lease=lease), DS, JOB, LEASE
     ),
     st.builds(
-        lambda d, j, status, r: post(f"/server/{d}/job/status", job=j, status=status, response=r),
+        lambda d, j, status, r, a: post(
+            f"/server/{d}/job/status", job=j, status=status, response=r, attempt=a
+        ),
         DS,
         JOB,
         STATUSES,
         VALUES,
+        st.one_of(st.none(), st.integers(0, 3)),  # a driver's attempt, right or stale
     ),
     st.builds(lambda d, c, j: Request("GET", f"/{d}/job/{c}/{j}", id=1), DS, CLIENT, JOB),
     st.builds(
@@ -124,18 +127,25 @@ def run(batches: list[tuple[int, list[Request]]]) -> None:
         try:
             for step, requests in batches:
                 now += step
-                expired, outcomes = service.handle_batch(requests, now)
+                expired, outcomes = service.handle_batch(requests, now, mono=now)
                 assert len(outcomes) == len(requests)
                 changes = list(expired)
-                for outcome in outcomes:
+                for request, outcome in zip(requests, outcomes, strict=True):
                     assert (outcome.reply is None) == (outcome.wait is not None)
                     if outcome.reply is not None:
                         assert outcome.reply.status in STATUS_CODES, outcome.reply
                         assert outcome.reply.status != 500, outcome.reply.error
                         assert (outcome.reply.error is not None) == (outcome.reply.status >= 400)
+                    attempt = (
+                        request.body.get("attempt") if isinstance(request.body, dict) else None
+                    )
+                    if request.path.endswith("/job/status") and type(attempt) is int:
+                        # A report for another attempt than the job's changes nothing.
+                        assert all(c.job.attempts == attempt for c in outcome.changes)
                     changes += outcome.changes
                 for change in changes:
                     job = change.job
+                    assert job.created <= job.updated, job
                     key = (job.dsid, job.job)
                     before = seen.get(key)
                     assert before not in TERMINAL, f"terminal job {key} changed"

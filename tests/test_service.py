@@ -20,10 +20,17 @@ class Harness:
         self.storage = Storage(path)
         self.service = Service(self.storage, limits=limits)
         self.now = T0
+        self.stepped = 0  # how far the wall clock has been stepped: the monotonic clock was not
+
+    def step_wall_clock(self, ms: int) -> None:
+        """Set the wall clock ``ms`` forward (back if negative), as NTP does; no time passes."""
+        self.now += ms
+        self.stepped += ms
 
     def call(self, method: str, path: str, body: Any = None, now: int | None = None) -> Outcome:
         self.now = now if now is not None else self.now + 1
-        return self.service.handle(Request(method, path, body=body, id=1), self.now)
+        request = Request(method, path, body=body, id=1)
+        return self.service.handle(request, self.now, mono=self.now - self.stepped)
 
     def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
         outcome = self.call(method, path, body)
@@ -120,6 +127,33 @@ def test_cancel_of_an_accepted_job_asks_the_server(h: Harness) -> None:
     h.take()
     record = h.ok("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"})
     assert record["status"] == "accepted" and record["cancel_requested"] is True
+
+
+def test_a_second_cancel_of_an_accepted_job_changes_nothing(h: Harness) -> None:
+    h.submit()
+    h.take()
+    first = h.ok("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"})
+    outcome = h.call("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"})
+    assert outcome.reply is not None and outcome.reply.body == first and outcome.changes == []
+
+
+@pytest.mark.parametrize("handed_back", ["server reports retrying", "lease runs out"])
+def test_a_cancel_of_a_job_handed_back_after_a_cancel_request_cancels_it(
+    h: Harness, handed_back: str
+) -> None:
+    h.submit()
+    h.take(lease=100)
+    h.ok("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"})
+    if handed_back == "lease runs out":
+        h.now += 100
+    else:
+        h.report("j1", "retrying")
+    queued = h.ok("GET", "/ds/job/c1/j1")
+    # Back in the queue, and the client's request still stands (the next driver sees it).
+    assert queued["status"] == "retrying" and queued["cancel_requested"] is True
+    record = h.ok("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"})
+    assert record["status"] == "cancelled" and record["seq"] > queued["seq"]
+    assert h.take() == []
 
 
 def test_cancel_of_a_terminal_job_returns_the_last_record_unchanged(h: Harness) -> None:

@@ -1,13 +1,17 @@
+import time
 from pathlib import Path
 
 import cbor2
 import pytest
 
+from jobstore import records
 from jobstore.check import check
 from jobstore.errors import ConfigError
+from jobstore.protocol import Request
 from jobstore.records import Job
+from jobstore.service import Service
 from jobstore.states import Status
-from jobstore.storage import FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
+from jobstore.storage import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
 
 JOB = Job(
     "ds",
@@ -22,22 +26,42 @@ JOB = Job(
     progress={"pct": 50},
     lease_until=9000,
     history=(("submitted", 1000), ("accepted", 2000)),
+    lease_ms=20_000,
 )
 
 JOBS = [JOB, *(JOB.evolve(job=f"j{n}", seq=7 + n, lease_until=0, response=n) for n in (2, 3))]
 
 
-def _format_1_store(path: Path) -> None:
-    """A data directory as the first storage format left it: records as CBOR arrays, no format key."""
+def _old_store(path: Path, jobs: list[Job], old_format: int) -> None:
+    """A data directory as an older storage format left it: lease deadlines on the wall clock,
+    no store clock, and records as CBOR arrays with no format key (1) or after an 8-byte lease
+    deadline (2)."""
     storage = Storage(path)
     with storage.write() as txn:
-        for job in JOBS:
-            txn.put(job, None)
-            v1 = cbor2.dumps([*job[:4], job.status.value, *job[5:13], list(job.history)])
-            txn.txn.put(f"ds\0{job.job}\0".encode(), v1, db=storage.dbs["jobs"])
-        txn.set_counter(SEQ_KEY, max(job.seq for job in JOBS))
-        txn.txn.delete(FORMAT_KEY, db=storage.dbs["meta"])
+        for job in jobs:
+            txn.put(job, None)  # the indexes, keyed as the old formats keyed them
+            if old_format == 1:
+                old = cbor2.dumps([*job[:4], job.status.value, *job[5:13], list(job.history)])
+            else:
+                old = u64(job.lease_until) + records.encode(job)
+            txn.txn.put(f"ds\0{job.job}\0".encode(), old, db=storage.dbs["jobs"])
+        txn.set_counter(SEQ_KEY, max(job.seq for job in jobs))
+        txn.txn.delete(CLOCK_KEY, db=storage.dbs["meta"])
+        if old_format == 1:
+            txn.txn.delete(FORMAT_KEY, db=storage.dbs["meta"])
+        else:
+            txn.txn.put(FORMAT_KEY, u64(old_format), db=storage.dbs["meta"])
     storage.close()
+
+
+def _format_1_store(path: Path) -> None:
+    _old_store(path, JOBS, 1)
+
+
+def _as_upgraded(job: Job) -> Job:
+    """A record of JOBS as an upgrade reads it: its lease, long past on the wall clock, has 1 ms
+    left on the new store clock, and is the store's default (lease_ms 0)."""
+    return job.evolve(lease_until=1 if job.lease_until else 0, lease_ms=0)
 
 
 def test_records_round_trip(tmp_path: Path) -> None:
@@ -52,10 +76,38 @@ def test_opening_a_format_1_store_upgrades_its_records(tmp_path: Path) -> None:
     _format_1_store(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert [txn.get("ds", job.job) for job in JOBS] == JOBS
+        assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
         assert txn.format() == FORMAT
     storage.close()
     assert check(tmp_path) == (len(JOBS), [])
+
+
+def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: Path) -> None:
+    wall = time.time_ns() // 1_000_000
+    hour = 3_600_000
+    live = JOB.evolve(job="live", seq=11, lease_until=wall + hour)
+    jobs = [*JOBS, live]
+    _old_store(tmp_path, jobs, 2)
+    with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
+        check(tmp_path)
+    storage = Storage(tmp_path)
+    with storage.read() as txn:
+        assert txn.format() == FORMAT == 3
+        assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
+        upgraded = txn.get("ds", "live")
+        assert upgraded is not None
+        # The hour it had left, less the moments since `wall`; measured on the store clock from 0.
+        assert hour - 60_000 < upgraded.lease_until <= hour
+        assert upgraded == live.evolve(lease_until=upgraded.lease_until, lease_ms=0)
+        assert txn.next_lease() == 1
+    storage.close()
+    assert check(tmp_path) == (len(jobs), [])
+    # Served, the lease still running has its hour, however the wall clock reads now.
+    service = Service(Storage(tmp_path))
+    get = Request("GET", "/ds/job/app/live", id=1)
+    assert service.handle(get, wall + 100 * hour, mono=0).reply.body["status"] == "accepted"  # type: ignore[union-attr]
+    status = service.handle(get, wall, mono=upgraded.lease_until).reply.body["status"]  # type: ignore[union-attr]
+    assert status == "retrying"
 
 
 def test_a_format_1_store_is_not_checked_before_it_is_upgraded(tmp_path: Path) -> None:
@@ -68,7 +120,7 @@ def test_a_format_1_store_can_be_backed_up_before_it_is_upgraded(tmp_path: Path)
     _format_1_store(tmp_path / "data")
     Storage(tmp_path / "data", readonly=True).backup(tmp_path / "copy")
     with Storage(tmp_path / "copy").read() as txn:
-        assert txn.get("ds", "j1") == JOB
+        assert txn.get("ds", "j1") == _as_upgraded(JOB)
 
 
 def test_a_store_from_a_newer_jobstore_is_refused(tmp_path: Path) -> None:

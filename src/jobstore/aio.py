@@ -377,15 +377,21 @@ class Driver:
         timeout = self.conn.timeout + wait / 1000
         reply = await self.conn.call(*self._requests.take(max, lease, wait), timeout=timeout)
         jobs: list[Record] = reply["jobs"]
+        self._requests.handed(jobs)
         return jobs
 
     async def accept(self, job: str, *, lease: int | None = None) -> Record:
         """Accept one named job."""
         record: Record = await self.conn.call(*self._requests.accept(job, lease))
+        self._requests.handed([record])
         return record
 
     async def report(self, job: str, status: str, **fields: Any) -> Record:
-        """Report a status (with ``response``, ``progress`` or ``lease``) for a job."""
+        """Report a status (with ``response``, ``progress`` or ``lease``) for a job.
+
+        The report carries the attempt this driver was handed the job with, so it is refused
+        (409) once the job's lease has run out and it was handed out again.
+        """
         record: Record = await self.conn.call(*self._requests.report(job, status, fields))
         return record
 

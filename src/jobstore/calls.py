@@ -11,7 +11,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,10 @@ Token = str | Callable[[str, str], str] | None
 Call = tuple[str, str, Any]
 # The path and body of a subscribe request (always a POST).
 Subscription = tuple[str, dict[str, Any]]
+# Jobs whose attempt a driver remembers, at most; the oldest handed are forgotten first. Not
+# forgotten on a report: a job handed back may be taken by another driver, and a later report of
+# this driver on it must still carry the attempt it held.
+MAX_REMEMBERED = 10_000
 
 
 # The client id is the capability to a client's jobs under the arbiter's tokens, which name no
@@ -177,6 +181,18 @@ class DriverRequests:
     def __init__(self, dsid: str) -> None:
         self.dsid = dsid
         self.base = f"/server/{dsid}/job"
+        # job id -> `attempts` of the record this driver was handed, sent as `attempt` with its
+        # reports, so a report on a job that was handed out again since is refused (409).
+        self._attempts: dict[str, int] = {}
+
+    def handed(self, records: Iterable[Record]) -> None:
+        """Remember the attempt of each job a take or accept handed this driver."""
+        attempts = self._attempts
+        for record in records:
+            attempts.pop(record["job"], None)  # to the end: the oldest are forgotten first
+            attempts[record["job"]] = record["attempts"]
+        while len(attempts) > MAX_REMEMBERED:
+            del attempts[next(iter(attempts))]
 
     def register(self, endpoint: str, description: str, href: str | None) -> Call:
         """Add the datasource to the hypercat catalogue; ``href`` defaults to ``<endpoint>/<dsid>``."""
@@ -201,8 +217,12 @@ class DriverRequests:
         return "POST", f"{self.base}/accept", body
 
     def report(self, job: str, status: str, fields: dict[str, Any]) -> Call:
-        """Report a status; fields that are None are left out."""
-        body = {"job": job, "status": status}
+        """Report a status, with the attempt this driver was handed; fields that are None are left
+        out (an ``attempt`` field overrides the remembered one)."""
+        body: dict[str, Any] = {"job": job, "status": status}
+        attempt = self._attempts.get(job)
+        if attempt is not None:
+            body["attempt"] = attempt
         body.update((k, v) for k, v in fields.items() if v is not None)
         return "POST", f"{self.base}/status", body
 
@@ -277,6 +297,9 @@ class JobContext:
         self._progress: Any = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        # A job handed back after the client asked to cancel it arrives with the request standing.
+        if record.get("cancel_requested"):
+            self._cancel.set()
 
     @property
     def id(self) -> str:

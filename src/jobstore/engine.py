@@ -24,6 +24,7 @@ flight keeps the room it needs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -118,6 +119,34 @@ class Limits:
     full_at: float = 0.95  # refuse submits once the map ceiling is this full
 
 
+def mono_ms() -> int:
+    """A monotonic clock reading in ms (any origin): what the store clock advances with."""
+    return time.monotonic_ns() // 1_000_000
+
+
+class StoreClock:
+    """The clock leases are measured on: ms that advance with a monotonic clock, never the wall's.
+
+    A wall-clock step (NTP setting the time on a box with no RTC) must neither expire
+    a healthy lease nor keep a dead driver's. The reading is persisted with every
+    batch, and a restarted store resumes from the last one committed: the time the
+    store was down does not count, since no driver could renew a lease meanwhile;
+    each lease keeps what it had left.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._start = start
+        self._origin: int | None = None  # the first monotonic reading, taken as ``start``
+        self.now = start
+
+    def read(self, mono: int) -> int:
+        """The store time at monotonic reading ``mono`` (ms); it never goes back."""
+        if self._origin is None:
+            self._origin = mono
+        self.now = max(self.now, self._start + mono - self._origin)
+        return self.now
+
+
 # An operation: a method of the service (so ``Any`` for self), given the transaction, the
 # request, the time and the path's parameters.
 Handler = Callable[[Any, Txn, Request, int, list[str]], Outcome]
@@ -144,20 +173,33 @@ class Engine:
         self._routes: dict[tuple[str, str], tuple[Handler, list[str]]] = {}
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
+            self.clock = StoreClock(txn.clock())
 
-    def handle(self, request: Request, now: int) -> Outcome:
+    def handle(self, request: Request, now: int, mono: int | None = None) -> Outcome:
         """Handle one request in its own transaction."""
-        expired, [outcome] = self.handle_batch([request], now)
+        expired, [outcome] = self.handle_batch([request], now, mono=mono)
         outcome.changes[:0] = expired
         return outcome
+
+    def lease_due_in(self, mono: int) -> int | None:
+        """Ms from monotonic reading ``mono`` until the earliest lease runs out (<= 0: it has), or
+        None when no job holds a lease."""
+        if self.next_lease is None:
+            return None
+        return self.next_lease - self.clock.read(mono)
 
     def handle_batch(
         self,
         requests: Sequence[Request],
         now: int,
         wake: Callable[[set[str]], Sequence[Request]] | None = None,
+        mono: int | None = None,
     ) -> tuple[list[Change], list[Outcome]]:
-        """Expire leases due by ``now``, then handle ``requests``; all in one commit.
+        """Expire leases due by ``mono``, then handle ``requests``; all in one commit.
+
+        ``now`` is the wall clock (ms since the epoch), for the records' times;
+        ``mono`` a monotonic reading in ms (default: :func:`mono_ms`), for leases
+        (:class:`StoreClock`).
 
         ``wake``, given the datasources that gained queued jobs, returns the
         waiting takes it has not returned before, to run in the same transaction,
@@ -166,6 +208,7 @@ class Engine:
         woken request.
         """
         self.watch_data_dir(now)
+        self.clock.read(mono_ms() if mono is None else mono)
         self._full = self.storage.grow() >= self.limits.full_at
         handled = list(requests)
         self.handled += len(requests)
@@ -229,6 +272,7 @@ class Engine:
     ) -> tuple[list[Change], list[Outcome]]:
         self._events.clear()
         with self.storage.write() as txn:
+            txn.set_clock(self.clock.now)
             expired = [] if self.misplaced else self._expire(txn, now)
             outcomes = [self._one(txn, request, now, isolate) for request in requests]
             queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
@@ -317,21 +361,27 @@ class Engine:
             exc.body = job.wire()
             raise
         if status is not Status.ACCEPTED:
-            fields["lease_until"] = 0
+            fields["lease_until"] = fields["lease_ms"] = 0
+        # The wall clock may have been set back: a record's times never go back.
+        updated = max(now, job.updated)
         if status is not job.status:
-            fields["history"] = (*job.history, (status.value, now))[-self.limits.history_length :]
-        new = job.evolve(status=status, updated=now, seq=txn.next_seq(), **fields)
+            fields["history"] = (*job.history, (status.value, updated))[
+                -self.limits.history_length :
+            ]
+        new = job.evolve(status=status, updated=updated, seq=txn.next_seq(), **fields)
         kind = EVENT_KINDS.get(event) or ("finished" if status.terminal else None)
         if kind is not None:
             self._events.append((job.dsid, kind))
         return self._store(txn, new, job)
 
     def _expire(self, txn: Txn, now: int) -> list[Change]:
-        if self.next_lease is None or self.next_lease > now:
+        """Send back the jobs whose lease has run out on the store clock (``now`` is the wall's)."""
+        clock = self.clock.now
+        if self.next_lease is None or self.next_lease > clock:
             return []
         changes = []
         with txn.nested() as child:
-            for job in child.expired(now, 1000):
+            for job in child.expired(clock, 1000):
                 if job.attempts >= self.limits.max_attempts:
                     response = job.response
                     if response is None:

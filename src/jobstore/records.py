@@ -38,7 +38,12 @@ def check_dsid(value: Any) -> str:
 
 
 class Job(NamedTuple):
-    """One job record. ``dsid`` and ``lease_until`` are the store's own; the wire shows the rest.
+    """One job record. ``dsid``, ``lease_until`` and ``lease_ms`` are the store's own; the wire
+    shows the rest.
+
+    ``lease_until`` is a deadline on the store clock (:class:`jobstore.engine.StoreClock`, not the
+    wall clock; 0 when the job holds no lease) and ``lease_ms`` the lease the job was taken or
+    accepted with (0: the store's default), by which a report without ``lease`` renews it.
 
     A named tuple rather than a dataclass: records are built and copied several
     times per request, and a tuple does both several times faster.
@@ -58,6 +63,7 @@ class Job(NamedTuple):
     progress: Any = None
     lease_until: int = 0
     history: tuple[tuple[str, int], ...] = ()
+    lease_ms: int = 0
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""
@@ -89,17 +95,31 @@ def encode(job: Job) -> bytes:
     return cbor2.dumps(job.wire())
 
 
+PREFIX = 16  # bytes before the CBOR of a stored record: lease_until and lease_ms
+
+
 def dump(job: Job, encoded: bytes) -> bytes:
-    """The storage encoding of a record: its lease deadline (8 bytes), then :func:`encode`'s bytes.
+    """The storage encoding of a record: its lease deadline and lease (8 bytes each, big-endian),
+    then :func:`encode`'s bytes.
 
     The datasource is the first part of the record's key, so it is not repeated here.
     """
-    return job.lease_until.to_bytes(8, "big") + encoded
+    return job.lease_until.to_bytes(8, "big") + job.lease_ms.to_bytes(8, "big") + encoded
 
 
 def load(dsid: str, data: bytes) -> Job:
     """The record of datasource ``dsid`` stored by :func:`dump`."""
-    w = cbor2.loads(data[8:])
+    return _load(dsid, data, PREFIX, int.from_bytes(data[8:PREFIX], "big"))
+
+
+def load_v2(dsid: str, data: bytes) -> Job:
+    """A record in the second storage format (an 8-byte wall-clock lease deadline, then the CBOR);
+    used to upgrade. Its lease is unknown: ``lease_ms`` 0."""
+    return _load(dsid, data, 8, 0)
+
+
+def _load(dsid: str, data: bytes, prefix: int, lease_ms: int) -> Job:
+    w = cbor2.loads(data[prefix:])
     return Job(
         dsid,
         w["job"],
@@ -115,6 +135,7 @@ def load(dsid: str, data: bytes) -> Job:
         w.get("progress"),
         int.from_bytes(data[:8], "big"),
         tuple((h["status"], h["at"]) for h in w["history"]),
+        lease_ms,
     )
 
 
@@ -122,4 +143,4 @@ def load_v1(data: bytes) -> Job:
     """A record in the first storage format (a CBOR array in field order); used to upgrade."""
     f = cbor2.loads(data)
     history = tuple((status, at) for status, at in f[13])
-    return Job._make((*f[:4], Status(f[4]), *f[5:13], history))
+    return Job._make((*f[:4], Status(f[4]), *f[5:13], history, 0))

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from .engine import Outcome, Wait
+from .engine import Outcome, Wait, mono_ms
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
@@ -144,11 +144,14 @@ class Server:
     def _timeout(self) -> int:
         deadlines = [p.deadline or 0 for queue in self._parked.values() for p in queue]
         deadlines += [o.expires for o in self._observers.values() if o.expires is not None]
-        if self.service.next_lease is not None:
-            deadlines.append(self.service.next_lease)
-        if not deadlines:
+        now = now_ms()
+        waits = [deadline - now for deadline in deadlines]
+        lease = self.service.lease_due_in(mono_ms())  # leases are on the store clock
+        if lease is not None:
+            waits.append(lease)
+        if not waits:
             return TICK_MS
-        return max(0, min(TICK_MS, min(deadlines) - now_ms()))
+        return max(0, min(TICK_MS, min(waits)))
 
     def _receive(self) -> list[_Pending]:
         pending = []
@@ -231,7 +234,9 @@ class Server:
             waiting_takes=sum(len(queue) for queue in self._parked.values()),
         )
         pending = self._unpark(now, lambda dsid, deadline: deadline <= now) + pending
-        if not pending and (self.service.next_lease is None or self.service.next_lease > now):
+        mono = mono_ms()
+        lease = self.service.lease_due_in(mono)
+        if not pending and (lease is None or lease > 0):
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(now)
             return
@@ -242,7 +247,8 @@ class Server:
             woken.extend(unparked)
             return [item.request for item in unparked]
 
-        expired, outcomes = self.service.handle_batch([p.request for p in pending], now, wake)
+        requests = [p.request for p in pending]
+        expired, outcomes = self.service.handle_batch(requests, now, wake, mono)
         pending += woken
         self._update_subscriptions()
         self._publish(expired)

@@ -99,7 +99,9 @@ class Service(Engine):
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
         job = self._owned(txn, params[0], job_id, client)
-        if job.status.terminal or job.cancel_requested:
+        # Asked already while accepted: the server decides. Once the job is queued again
+        # (retrying, the flag kept), a cancel cancels it like any queued job.
+        if job.status.terminal or (job.cancel_requested and job.status is Status.ACCEPTED):
             return Outcome(ok_reply(request, job.wire()))
         change = self._transition(txn, job, Event.CLIENT_CANCEL, now, cancel_requested=True)
         return Outcome(changed_reply(request, change), [change])
@@ -188,9 +190,16 @@ class Service(Engine):
         jobs = txn.queued(dsid, count)
         if not jobs and wait:
             return Outcome(None, wait=Wait(dsid, now + wait))
+        until = self.clock.now + lease
         changes = [
             self._transition(
-                txn, job, Event.TAKE, now, attempts=job.attempts + 1, lease_until=now + lease
+                txn,
+                job,
+                Event.TAKE,
+                now,
+                attempts=job.attempts + 1,
+                lease_until=until,
+                lease_ms=lease,
             )
             for job in jobs
         ]
@@ -205,22 +214,38 @@ class Service(Engine):
         self._authorise(request)
         job = self._get(txn, params[0], job_id)
         change = self._transition(
-            txn, job, Event.TAKE, now, attempts=job.attempts + 1, lease_until=now + lease
+            txn,
+            job,
+            Event.TAKE,
+            now,
+            attempts=job.attempts + 1,
+            lease_until=self.clock.now + lease,
+            lease_ms=lease,
         )
         return Outcome(changed_reply(request, change), [change])
 
     def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         body = body_map(
-            request, required=("job", "status"), optional=("response", "progress", "lease")
+            request,
+            required=("job", "status"),
+            optional=("response", "progress", "lease", "attempt"),
         )
         job_id = check_name("job", body["job"])
         status = status_name(body["status"])
-        lease = int_field(body, "lease", self.limits.lease_ms, 1, 2**40)
+        lease = int_field(body, "lease", 0, 1, 2**40)  # 0: not given
+        attempt = int_field(body, "attempt", -1, 0, 2**63 - 1)  # -1: not given
         fields: dict[str, Any] = {k: body[k] for k in ("response", "progress") if k in body}
         for key, value in fields.items():
             check_plain(key, value)
         self._authorise(request)
         job = self._get(txn, params[0], job_id)
+        if attempt >= 0 and attempt != job.attempts:
+            raise Conflict(
+                f'job "{job_id}" is on attempt {job.attempts}, not {attempt}: the lease of the '
+                "attempt reported on ran out and the job went back to the queue (another driver "
+                "may hold it now); drop this job and take the next",
+                job.wire(),
+            )
         event = REPORTS.get(status)
         if event is None:
             raise Conflict(
@@ -228,7 +253,8 @@ class Service(Engine):
                 job.wire(),
             )
         if status is Status.ACCEPTED:
-            fields["lease_until"] = now + lease
+            # Without a lease of its own, a renewal lasts as long as the take's lease.
+            fields["lease_until"] = self.clock.now + (lease or job.lease_ms or self.limits.lease_ms)
         change = self._transition(txn, job, event, now, **fields)
         return Outcome(changed_reply(request, change), [change])
 

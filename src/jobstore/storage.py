@@ -14,9 +14,15 @@ leases     lease_until dsid NUL job        empty: accepted jobs by lease deadlin
 done       updated dsid NUL job            empty: terminal jobs by when they ended (retention)
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
            b"cat", b"n:"dsid[NUL client]   the hypercat items (a CBOR array), active job counts,
-           b"s:"dsid NUL status,           job counts by status, and the storage format (absent
-           b"format"                       in format 1, which stored records as CBOR arrays)
+           b"s:"dsid NUL status,           job counts by status, the storage format (absent in
+           b"format", b"clock"             format 1, which stored records as CBOR arrays), and the
+                                           store clock's last committed reading (ms)
 =========  ==============================  =====================================
+
+Lease deadlines (``leases`` keys, a record's prefix) are on the store clock
+(:class:`jobstore.engine.StoreClock`), which wall-clock steps do not move. Format 3
+added the lease a job was taken with to a record's prefix and moved deadlines from
+the wall clock to the store clock; formats 1 and 2 are upgraded in place on open.
 
 The index entries of a record are a function of the record alone
 (:func:`index_keys`), so :meth:`Txn.put` replaces exactly the old record's
@@ -34,6 +40,7 @@ import fcntl
 import os
 import secrets
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,7 +58,8 @@ SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
 FORMAT_KEY = b"format"
-FORMAT = 2
+CLOCK_KEY = b"clock"
+FORMAT = 3
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
 GROW_AT = 0.8  # grow the map before a batch when its highest page is this far in
@@ -464,22 +472,49 @@ class Txn:
             return int.from_bytes(raw, "big")
         return 1 if self.records() else FORMAT
 
-    def upgrade(self) -> None:
-        """Rewrite records stored by an older jobstore in the current format."""
+    def clock(self) -> int:
+        """The store clock's last committed reading, in ms (0 for a new store)."""
+        return self.counter(CLOCK_KEY)
+
+    def set_clock(self, value: int) -> None:
+        self.set_counter(CLOCK_KEY, value)
+
+    def upgrade(self, wall_now: int | None = None) -> None:
+        """Rewrite records stored by an older jobstore in the current format.
+
+        Formats 1 and 2 kept lease deadlines on the wall clock; each moves to the
+        store clock with the time it had left at ``wall_now`` (at least 1 ms), and
+        its lease becomes the store's default (``lease_ms`` 0).
+        """
         found = self.format()
         if found > FORMAT:
             raise ConfigError(
                 f"the data in {self.storage.path} was written by a newer jobstore (storage format "
                 f"{found}, this one reads {FORMAT}): upgrade jobstore"
             )
-        if found == 1:
-            cursor = self.txn.cursor(db=self.db["jobs"])
-            more = cursor.first()
-            while more:
-                job = records.load_v1(bytes(cursor.value()))
-                cursor.put(cursor.key(), records.dump(job, records.encode(job)))
-                more = cursor.next()
+        if found < FORMAT:
+            self._rewrite(found, time.time_ns() // 1_000_000 if wall_now is None else wall_now)
         self.set_meta(FORMAT_KEY, u64(FORMAT))
+
+    def _rewrite(self, found: int, wall_now: int) -> None:
+        clock, leases = self.clock(), self.db["leases"]
+        cursor = self.txn.cursor(db=self.db["jobs"])
+        more = cursor.first()
+        while more:
+            key, value = bytes(cursor.key()), bytes(cursor.value())
+            if found == 1:
+                job = records.load_v1(value)
+                encoded = records.encode(job)
+            else:
+                job = records.load_v2(key.split(b"\0", 1)[0].decode(), value)
+                encoded = value[8:]
+            if job.lease_until:
+                moved = job.evolve(lease_until=clock + max(1, job.lease_until - wall_now))
+                self.txn.delete(u64(job.lease_until) + key, db=leases)
+                self.txn.put(u64(moved.lease_until) + key, b"", db=leases)
+                job = moved
+            cursor.put(key, records.dump(job, encoded))
+            more = cursor.next()
 
     def catalogue_items(self) -> list[Any]:
         raw = self.meta(CATALOGUE_KEY)
@@ -628,7 +663,7 @@ class Txn:
             yield seq, self._must_get(dsid, job)
 
     def expired(self, now: int, limit: int) -> list[Job]:
-        """Accepted jobs whose lease ran out at or before ``now``."""
+        """Accepted jobs whose lease ran out at or before ``now`` (store clock)."""
         out: list[Job] = []
         cursor = self.txn.cursor(db=self.db["leases"])
         if cursor.first():
@@ -640,7 +675,7 @@ class Txn:
         return out
 
     def next_lease(self) -> int | None:
-        """The earliest lease deadline, or None when no job is accepted."""
+        """The earliest lease deadline (store clock), or None when no job is accepted."""
         cursor = self.txn.cursor(db=self.db["leases"])
         if not cursor.first():
             return None
