@@ -234,3 +234,47 @@ def test_messages_never_show_the_secret_or_the_signature() -> None:
         for client, observe in ((None, False), ("a", False), (None, True)):
             message = refusal(token, client=client, observe=observe)
             assert not any(form in message for form in secret_forms), message
+
+
+def test_a_token_longer_than_the_limit_is_refused_before_it_is_parsed() -> None:
+    authoriser = Authoriser(SECRET, STORE, max_token=200)
+    token = mint(SECRET, [*ALL, "observe = " + "x" * 200])
+    with pytest.raises(Unauthorized, match="limit is 200") as caught:
+        authoriser.check(token, method="GET", path=PATH)
+    assert "fewer caveats" in caught.value.message and authoriser.verified == 0
+
+
+def test_a_token_with_more_caveats_than_the_limit_is_refused() -> None:
+    authoriser = Authoriser(SECRET, STORE, max_caveats=3)
+    assert authoriser.check(mint(SECRET, ALL), method="GET", path=PATH) is None
+    with pytest.raises(Unauthorized, match="more than 3 caveats"):
+        authoriser.check(mint(SECRET, [*ALL, "path = /*"]), method="GET", path=PATH)
+
+
+def test_a_forged_token_is_verified_once_then_refused_from_the_cache() -> None:
+    authoriser = auth()
+    forged = mint(b"not-the-secret", ALL)
+    for _ in range(3):
+        with pytest.raises(Unauthorized, match="signature does not verify"):
+            authoriser.check(forged, method="GET", path=PATH)
+    good = mint(SECRET, ALL)
+    for _ in range(3):
+        authoriser.check(good, method="GET", path=PATH)
+    assert authoriser.verified == 2
+
+
+def test_the_verdict_cache_is_bounded_in_entries_and_bytes() -> None:
+    by_entries = Authoriser(SECRET, STORE, cache_entries=5)
+    by_bytes = Authoriser(SECRET, STORE, cache_bytes=4000)
+    tokens = [mint(SECRET, [*ALL[:2], f"target = {i}"]) for i in range(50)]
+    for authoriser in (by_entries, by_bytes):
+        for token in tokens:
+            with pytest.raises(Unauthorized):
+                authoriser.check(token, method="GET", path=PATH)
+    assert len(by_entries._cache) == 5
+    assert 0 < by_bytes.cached_bytes <= 4000 and len(by_bytes._cache) < 50
+    # the most recent verdicts are the ones kept
+    by_entries.verified = 0
+    with pytest.raises(Unauthorized):
+        by_entries.check(tokens[-1], method="GET", path=PATH)
+    assert by_entries.verified == 0

@@ -7,6 +7,8 @@ from typing import Any
 
 import zmq
 
+from jobstore.notify import TOPIC_LENGTH
+from jobstore.protocol import zest
 from jobstore.protocol.cbor import decode_reply, encode_request
 
 from .conftest import RunningStore, StoreFactory, recv
@@ -28,17 +30,141 @@ def round_trip(sock: zmq.Socket[Any], rid: int) -> float:
     return time.monotonic() - start
 
 
-def test_a_client_that_never_reads_its_replies_does_not_stall_others(
+def stats(sock: zmq.Socket[Any]) -> dict[str, Any]:
+    sock.send(encode_request("GET", "/stats", id="stats"))
+    reply = decode_reply(recv(sock)[-1])
+    assert reply.id == "stats"
+    body: dict[str, Any] = reply.body
+    return body
+
+
+def settle(sock: zmq.Socket[Any], received: int) -> dict[str, Any]:
+    """Stats once the store has received ``received`` requests and answered all of them."""
+    for _ in range(1000):
+        if stats(sock)["requests_received"] >= received:
+            return stats(sock)  # one more batch: the one that received them has finished
+    raise AssertionError(f"the store never received {received} requests")
+
+
+def test_a_client_that_never_reads_its_replies_has_them_dropped_past_its_send_queue(
     ctx: zmq.Context[Any], start_store: StoreFactory
 ) -> None:
-    store = start_store(send_hwm=50)
-    deaf = socket(ctx, zmq.DEALER, store.endpoint, rcvhwm=10)
-    for i in range(3000):
-        deaf.send(encode_request("GET", "/ds/job/c", id=i))
+    # 100 replies of 50 kB to a peer that reads none: 5 queued by ZeroMQ and a few in 4 kB
+    # kernel buffers fit, so at least half are dropped, whatever the machine's defaults.
+    store = start_store(send_hwm=5, socket_buffer=4096)
     other = socket(ctx, zmq.DEALER, store.endpoint)
-    for i in range(20):
-        round_trip(other, i)
-    assert store.server.dropped > 0  # the deaf peer's replies were dropped, not queued forever
+    big = {"job": "big", "client": "c", "request": "x" * 50_000}
+    other.send(encode_request("POST", "/ds/job/", big, id=0))
+    assert decode_reply(recv(other)[-1]).status == 201
+    deaf = socket(ctx, zmq.DEALER, store.endpoint, rcvhwm=1)
+    for i in range(100):
+        deaf.send(encode_request("GET", "/ds/job/c/big", id=i))
+    after = settle(other, 102)
+    assert after["replies_dropped"] >= 50
+    round_trip(other, 1)  # and everyone else is still answered
+
+
+def test_a_request_with_too_many_or_too_large_routing_frames_is_dropped_and_counted(
+    ctx: zmq.Context[Any], start_store: StoreFactory
+) -> None:
+    store = start_store(max_envelope=3)  # the identity ZeroMQ adds, then two of the peer's
+    sock = socket(ctx, zmq.DEALER, store.endpoint)
+    request = encode_request("GET", "/ds/job/c", id="dropped")
+    sock.send_multipart([b"a", b"b", b"c", request])
+    sock.send_multipart([b"x" * 1000, request])
+    sock.send_multipart([b"", b"", encode_request("GET", "/ds/job/c", id="kept")])
+    frames = recv(sock)
+    assert frames[:2] == [b"", b""] and decode_reply(frames[-1]).id == "kept"
+    assert stats(sock)["requests_discarded"] == 2
+
+
+def test_parked_takes_past_the_store_limit_get_429(
+    ctx: zmq.Context[Any], start_store: StoreFactory
+) -> None:
+    store = start_store(max_parked=2)
+    taker = socket(ctx, zmq.DEALER, store.endpoint)
+    for i in range(3):
+        taker.send(encode_request("POST", "/server/ds/job/take", {"wait": 60_000}, id=i))
+    reply = decode_reply(recv(taker)[-1])
+    assert reply.id == 2 and reply.status == 429 and "takes are waiting" in (reply.error or "")
+    assert stats(taker)["waiting_takes"] == 2
+
+
+def test_a_submit_wakes_one_parked_take_and_leaves_the_others_parked(
+    ctx: zmq.Context[Any], store: RunningStore
+) -> None:
+    taker = socket(ctx, zmq.DEALER, store.endpoint)
+    for i in range(5):
+        taker.send(encode_request("POST", "/server/ds/job/take", {"wait": 60_000}, id=i))
+    round_trip(taker, 9)  # stats are taken before a batch: this batch follows the takes' one
+    assert stats(taker)["waiting_takes"] == 5
+    handled = store.server.service.handled
+    writer = socket(ctx, zmq.DEALER, store.endpoint)
+    writer.send(encode_request("POST", "/ds/job/", {"job": "j", "client": "c"}, id="s"))
+    assert decode_reply(recv(writer)[-1]).status == 201
+    taken = decode_reply(recv(taker)[-1])
+    assert taken.id == 0 and [j["job"] for j in taken.body["jobs"]] == ["j"]
+    # the submit and the one take it woke were handled; the other four were not re-run
+    assert store.server.service.handled - handled == 2
+    assert stats(taker)["waiting_takes"] == 4
+
+
+def observe(sock: zmq.Socket[Any], path: str = "/ds/job/app1") -> zest.ZestReply:
+    sock.send(zest.encode_request("GET", path, observe="data"))
+    return zest.decode_reply(recv(sock)[-1])
+
+
+def test_zest_observers_past_the_per_peer_and_store_limits_get_429(
+    ctx: zmq.Context[Any], start_store: StoreFactory
+) -> None:
+    store = start_store(max_observers_per_peer=2, max_observers=3)
+    first, second = (socket(ctx, zmq.DEALER, store.endpoint) for _ in range(2))
+    assert [observe(first).code for _ in range(3)] == [zest.CONTENT] * 2 + [zest.TOO_MANY_REQUESTS]
+    assert observe(second).code == zest.CONTENT
+    refused = observe(second)
+    assert refused.code == zest.TOO_MANY_REQUESTS and b"Zest observers" in refused.payload
+    assert stats(first)["zest_observers"] == 3
+
+
+def test_an_observer_whose_dealer_has_gone_is_dropped_and_one_not_yet_connected_is_kept(
+    ctx: zmq.Context[Any], store: RunningStore
+) -> None:
+    sock = socket(ctx, zmq.DEALER, store.endpoint)
+    waiting = observe(sock).payload  # its DEALER never connects, but it has time to
+    ident = observe(sock).payload
+    gone = socket(ctx, zmq.DEALER, store.server.endpoints["observe"], identity=ident)
+    writer = socket(ctx, zmq.DEALER, store.endpoint)
+    i = 0
+
+    def submit() -> None:
+        nonlocal i
+        i += 1
+        body = {"job": f"j{i}", "client": "app1"}
+        writer.send(encode_request("POST", "/ds/job/", body, id=i))
+        assert decode_reply(recv(writer)[-1]).status == 201
+
+    while not gone.poll(10):  # its connection is asynchronous: submit until a push gets there
+        submit()
+    gone.close()
+    for _ in range(500):  # the store learns of the disconnect asynchronously too
+        if ident not in store.server._observers:
+            break
+        submit()
+    assert set(store.server._observers) == {waiting}
+
+
+def test_a_subscription_longer_than_a_topic_is_ignored(
+    ctx: zmq.Context[Any], store: RunningStore
+) -> None:
+    sub = socket(ctx, zmq.SUB, store.notify_endpoint)
+    sub.subscribe(b"x" * (TOPIC_LENGTH + 8))
+    sub.subscribe(b"")  # sent after it, so once this one is seen, both were
+    writer = socket(ctx, zmq.DEALER, store.endpoint)
+    for _ in range(500):
+        if 0 in store.server._subscriptions:
+            break
+        round_trip(writer, 1)
+    assert set(store.server._subscriptions) == {0}
 
 
 def test_a_peer_that_disconnects_mid_request_is_dropped_quietly(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -423,12 +424,12 @@ def _break_after_writing(monkeypatch: pytest.MonkeyPatch, shape: tuple[str, ...]
     monkeypatch.setitem(methods, "POST", broken)
 
 
-def _wake_once(take: Request) -> tuple[list[set[str]], Any]:
+def _wake_once(take: Request) -> tuple[list[Mapping[str, int]], Any]:
     """A server's wake: the parked ``take`` is handed out once, as unparking does."""
-    calls: list[set[str]] = []
+    calls: list[Mapping[str, int]] = []
 
-    def wake(dsids: set[str]) -> list[Request]:
-        calls.append(dsids)
+    def wake(queued: Mapping[str, int]) -> list[Request]:
+        calls.append(queued)
         return [take] if len(calls) == 1 else []
 
     return calls, wake
@@ -461,7 +462,7 @@ def test_a_batch_run_again_still_wakes_a_waiting_take(
     take = Request("POST", "/server/ds/job/take", body={"max": 5, "wait": 1000})
     calls, wake = _wake_once(take)
     _, outcomes = h.service.handle_batch([submit, cancel], T0, wake)
-    assert calls == [{"ds"}]  # the first run failed before it woke anything
+    assert calls == [{"ds": 1}]  # the first run failed before it woke anything
     assert [o.reply.status for o in outcomes if o.reply] == [201, 500, 200]
     assert [j["job"] for j in outcomes[2].reply.body["jobs"]] == ["a", "b"]  # type: ignore[union-attr]
 
@@ -617,14 +618,14 @@ def test_store_stats_describe_datasources_records_and_the_data_file(h: Harness) 
 def test_a_waiting_take_is_answered_in_the_same_commit_as_the_submit(h: Harness) -> None:
     submit = Request("POST", "/ds/job/", body={"job": "j", "client": "c"})
     take = Request("POST", "/server/ds/job/take", body={"wait": 1000})
-    woken: list[set[str]] = []
+    woken: list[Mapping[str, int]] = []
 
-    def wake(dsids: set[str]) -> list[Request]:
-        woken.append(dsids)
+    def wake(queued: Mapping[str, int]) -> list[Request]:
+        woken.append(queued)
         return [take]
 
     _, outcomes = h.service.handle_batch([submit], T0, wake)
-    assert woken == [{"ds"}]
+    assert woken == [{"ds": 1}]  # one job queued: wake at most one take
     assert [o.reply.status for o in outcomes if o.reply] == [201, 200]
     assert outcomes[1].reply is not None and outcomes[1].reply.body["jobs"][0]["job"] == "j"
 

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 
 from . import __version__
+from .auth import MAX_CAVEATS, MAX_TOKEN
 from .databox import (
     DEFAULT_ARBITER,
     DEFAULT_DATA_DIR,
@@ -141,11 +142,25 @@ def add_serve(sub: Any) -> None:
         ),
         ("record-cache", DEFAULT_CACHE_BYTES, "bytes of recently written records kept decoded"),
         ("max-frame", server.max_frame, "largest request frame, bytes (413 above)"),
+        ("max-batch", server.max_batch, "requests handled per batch, in one commit"),
         (
             "max-inflight",
             server.max_inflight_per_peer,
             "requests in flight per peer (429 above)",
         ),
+        ("max-envelope", server.max_envelope, "routing frames before a request (dropped above)"),
+        ("send-hwm", server.send_hwm, "messages queued per peer; more are dropped and counted"),
+        ("recv-hwm", server.recv_hwm, "messages read ahead per peer before reading pauses"),
+        ("socket-buffer", server.socket_buffer, "kernel send/receive buffer, bytes; 0: OS default"),
+        ("max-observers", server.max_observers, "Zest observers in the store (429 above)"),
+        (
+            "max-observers-per-peer",
+            server.max_observers_per_peer,
+            "Zest observers per connection (429 above)",
+        ),
+        ("max-waiting-takes", server.max_parked, "takes waiting for a job (429 above)"),
+        ("max-token", MAX_TOKEN, "characters of a token (401 above)"),
+        ("max-caveats", MAX_CAVEATS, "caveats in a token (401 above)"),
         (
             "max-active-per-client",
             defaults.max_active_per_client,
@@ -209,7 +224,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token_key is not None:
         from .auth import Authoriser
 
-        auth = Authoriser(token_key, args.identity)
+        auth = Authoriser(
+            token_key, args.identity, max_token=args.max_token, max_caveats=args.max_caveats
+        )
     # Before the data is opened: a second store on the directory names the first and stops.
     lock = DataDirLock(
         args.data_dir,
@@ -235,7 +252,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         notify_endpoint=args.notify_endpoint,
         secret_key=secret_key,
         max_frame=args.max_frame,
+        max_batch=args.max_batch,
         max_inflight_per_peer=args.max_inflight,
+        max_envelope=args.max_envelope,
+        send_hwm=args.send_hwm,
+        recv_hwm=args.recv_hwm,
+        socket_buffer=args.socket_buffer,
+        max_observers=args.max_observers,
+        max_observers_per_peer=args.max_observers_per_peer,
+        max_parked=args.max_waiting_takes,
     )
     server = Server(Service(storage, auth, limits), config)
     server.install_signal_handlers()

@@ -9,24 +9,31 @@ character (zestdb's ``has_prefix``). A required caveat the token lacks is fine: 
 caveats make a broader token. Third-party caveats are refused, since no discharge
 macaroons are ever presented (zestdb verifies with an empty discharge list).
 
-Pure: no sockets, no I/O. The parsed, signature-checked caveats of a token are cached
-per :class:`Authoriser`, so a repeated token costs only the caveat matching.
+Pure: no sockets, no I/O. A token is refused before parsing when it is longer or has
+more caveats than the :class:`Authoriser` allows (the arbiter's tokens have at most five
+caveats and a few hundred characters). The verdict on a token, its signature-checked
+caveats or why it is refused, is cached in a cache bounded in entries and bytes, so a
+repeated token, forged ones included, costs only the caveat matching.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from jobstore.errors import Unauthorized
 
 _KEY_GENERATOR = b"macaroons-key-generator"
 _SIGNATURE_SIZE = 32
-_MAX_TOKEN = 0xFFFF  # a Zest token length is a u16; no real token comes near it
+MAX_TOKEN = 4096  # characters of base64; the arbiter's tokens are a few hundred
+MAX_CAVEATS = 16  # the arbiter mints at most five
+CACHE_ENTRIES = 1024
+CACHE_BYTES = 8 << 20
+_ENTRY_OVERHEAD = 256  # bytes a cache entry costs beyond its token and caveats, roughly
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _KEYS = ("path", "method", "target", "client", "observe")
 _TO_STANDARD = str.maketrans("-_", "+/")
@@ -87,8 +94,6 @@ def _malformed(reason: str) -> Unauthorized:
 
 
 def _decode(token: str) -> bytes:
-    if len(token) > _MAX_TOKEN:
-        raise _malformed(f"it is {len(token)} characters long, more than {_MAX_TOKEN}")
     try:
         standard = token.translate(_TO_STANDARD)
         return base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
@@ -96,10 +101,15 @@ def _decode(token: str) -> bytes:
         raise _malformed("it is not base64 (URL-safe or standard alphabet)") from None
 
 
-def _packets(raw: bytes) -> list[tuple[bytes, bytes]]:
+def _packets(raw: bytes, limit: int) -> list[tuple[bytes, bytes]]:
     packets: list[tuple[bytes, bytes]] = []
     at = 0
     while at < len(raw):
+        if len(packets) == limit:
+            raise Unauthorized(
+                f"token has more than {limit - 3} caveats, this store's limit: "
+                "ask the arbiter for a token with fewer caveats"
+            )
         prefix = raw[at : at + 4]
         if len(prefix) < 4 or not _HEX.issuperset(prefix):
             raise _malformed(f"no 4-hex-digit packet length at byte {at}")
@@ -113,9 +123,9 @@ def _packets(raw: bytes) -> list[tuple[bytes, bytes]]:
     return packets
 
 
-def _parse(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
+def _parse(raw: bytes, max_caveats: int) -> tuple[bytes, list[bytes], bytes]:
     """Identifier, caveat ids and signature of a v1 macaroon; first-party caveats only."""
-    packets = _packets(raw)
+    packets = _packets(raw, max_caveats + 3)
     if packets and packets[0][0] == b"location":
         packets = packets[1:]
     if not packets or packets[0][0] != b"identifier":
@@ -148,9 +158,9 @@ def _matches(caveat: str, required: tuple[str, ...]) -> bool:
     return any(r.startswith(prefix) for r in required)
 
 
-def _verify(key: bytes, token: str) -> tuple[str, ...]:
+def _verify(key: bytes, token: str, max_caveats: int) -> tuple[str, ...]:
     """The caveats of a well-formed token whose signature chain starts from ``key``."""
-    identifier, cids, signature = _parse(_decode(token))
+    identifier, cids, signature = _parse(_decode(token), max_caveats)
     if not hmac.compare_digest(_signature(key, identifier, cids), signature):
         raise Unauthorized(
             "token signature does not verify: it was not minted with this store's secret"
@@ -164,20 +174,54 @@ def _verify(key: bytes, token: str) -> tuple[str, ...]:
 class Authoriser:
     """Decides whether a request's token grants it; off (allows everything) without a secret."""
 
-    def __init__(self, secret: bytes | None, identity: str) -> None:
+    def __init__(
+        self,
+        secret: bytes | None,
+        identity: str,
+        *,
+        max_token: int = MAX_TOKEN,
+        max_caveats: int = MAX_CAVEATS,
+        cache_entries: int = CACHE_ENTRIES,
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
         self.identity = identity
-        # Only the derived key is kept. A token's verdict depends on nothing else, so
-        # repeated tokens skip parsing and HMACs; failures raise and are not cached.
-        self._verified = (
-            None
-            if secret is None
-            else functools.lru_cache(maxsize=1024)(functools.partial(_verify, _derive(secret)))
-        )
+        self.max_token, self.max_caveats = max_token, max_caveats
+        self.cache_entries, self.cache_bytes = cache_entries, cache_bytes
+        # Only the derived key is kept. A token's verdict depends on nothing else, so a
+        # repeated token skips parsing and HMACs: its caveats, or the refusal's message.
+        self._key = None if secret is None else _derive(secret)
+        self._cache: OrderedDict[str, tuple[str, ...] | str] = OrderedDict()
+        self.cached_bytes = 0
+        self.verified = 0  # tokens parsed and their signatures checked, i.e. cache misses
 
     @property
     def enabled(self) -> bool:
         """True when a token secret is configured and requests need a macaroon."""
-        return self._verified is not None
+        return self._key is not None
+
+    def _verified(self, key: bytes, token: str) -> tuple[str, ...]:
+        verdict = self._cache.get(token)
+        if verdict is None:
+            self.verified += 1
+            try:
+                verdict = _verify(key, token, self.max_caveats)
+            except Unauthorized as exc:
+                verdict = exc.message
+            self._remember(token, verdict)
+        else:
+            self._cache.move_to_end(token)
+        if isinstance(verdict, str):
+            raise Unauthorized(verdict)
+        return verdict
+
+    def _remember(self, token: str, verdict: tuple[str, ...] | str) -> None:
+        self._cache[token] = verdict
+        self.cached_bytes += _entry_size(token, verdict)
+        while self._cache and (
+            len(self._cache) > self.cache_entries or self.cached_bytes > self.cache_bytes
+        ):
+            old, old_verdict = self._cache.popitem(last=False)
+            self.cached_bytes -= _entry_size(old, old_verdict)
 
     def check(
         self,
@@ -189,10 +233,15 @@ class Authoriser:
         observe: bool = False,
     ) -> None:
         """Return if ``token`` grants the request, else raise :class:`Unauthorized` saying why."""
-        if self._verified is None:
+        if self._key is None:
             return
         if not token:
             raise Unauthorized("missing token: this store requires a macaroon from the arbiter")
+        if len(token) > self.max_token:
+            raise Unauthorized(
+                f"token is {len(token)} characters long; this store's limit is {self.max_token}: "
+                "ask the arbiter for a token with fewer caveats"
+            )
         if isinstance(token, bytes):
             try:
                 token = token.decode("ascii")
@@ -201,9 +250,14 @@ class Authoriser:
         required = required_caveats(
             method=method, path=path, target=self.identity, client=client, observe=observe
         )
-        for caveat in self._verified(token):
+        for caveat in self._verified(self._key, token):
             if not _matches(caveat, required):
                 raise Unauthorized(_refusal(caveat, required))
+
+
+def _entry_size(token: str, verdict: tuple[str, ...] | str) -> int:
+    caveats = len(verdict) if isinstance(verdict, str) else sum(len(c) for c in verdict)
+    return _ENTRY_OVERHEAD + len(token) + caveats
 
 
 def _refusal(caveat: str, required: tuple[str, ...]) -> str:

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -192,7 +193,7 @@ class Engine:
         self,
         requests: Sequence[Request],
         now: int,
-        wake: Callable[[set[str]], Sequence[Request]] | None = None,
+        wake: Callable[[Mapping[str, int]], Sequence[Request]] | None = None,
         mono: int | None = None,
     ) -> tuple[list[Change], list[Outcome]]:
         """Expire leases due by ``mono``, then handle ``requests``; all in one commit.
@@ -201,9 +202,10 @@ class Engine:
         ``mono`` a monotonic reading in ms (default: :func:`mono_ms`), for leases
         (:class:`StoreClock`).
 
-        ``wake``, given the datasources that gained queued jobs, returns the
-        waiting takes it has not returned before, to run in the same transaction,
-        so a job submitted to a waiting driver costs one commit, not two. Returns
+        ``wake``, given how many jobs each datasource gained in its queue, returns
+        waiting takes it has not returned before (at most that many per
+        datasource), to run in the same transaction, so a job submitted to a
+        waiting driver costs one commit, not two. Returns
         the changes made by lease expiry and one outcome per request, then one per
         woken request.
         """
@@ -213,8 +215,8 @@ class Engine:
         handled = list(requests)
         self.handled += len(requests)
 
-        def wake_once(dsids: set[str]) -> Sequence[Request]:
-            woken = wake(dsids) if wake is not None else []
+        def wake_once(queued: Mapping[str, int]) -> Sequence[Request]:
+            woken = wake(queued) if wake is not None else []
             handled.extend(woken)
             self.handled += len(woken)
             return woken
@@ -266,7 +268,7 @@ class Engine:
         self,
         requests: Sequence[Request],
         now: int,
-        wake: Callable[[set[str]], Sequence[Request]] | None,
+        wake: Callable[[Mapping[str, int]], Sequence[Request]] | None,
         *,
         isolate: bool,
     ) -> tuple[list[Change], list[Outcome]]:
@@ -275,7 +277,8 @@ class Engine:
             txn.set_clock(self.clock.now)
             expired = [] if self.misplaced else self._expire(txn, now)
             outcomes = [self._one(txn, request, now, isolate) for request in requests]
-            queued = {c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued}
+            # How many jobs each datasource gained in its queue: that many waiting takes may wake.
+            queued = Counter(c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued)
             queued.update(c.job.dsid for c in expired if c.job.status.queued)
             for i, outcome in enumerate(outcomes):
                 # A take that came before a submit in this batch tries again at once.

@@ -7,20 +7,22 @@ send -> publish. Everything it publishes was committed first.
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import logging
 import signal
 import threading
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 import zmq
 
-from .engine import Outcome, Wait, mono_ms
+from .engine import Observe, Outcome, Wait, mono_ms
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
@@ -34,6 +36,12 @@ DEFAULT_NOTIFY = "tcp://0.0.0.0:5557"
 ZEST_CODES = frozenset({0x01, 0x02, 0x04})
 TICK_MS = 200  # longest sleep, so a signal or stop() is noticed promptly
 _MORE = zmq.SNDMORE | zmq.NOBLOCK
+# Room above --max-frame on the request socket, so a frame a little too large gets a 413
+# saying so; ZeroMQ disconnects a peer whose frame is larger still, before holding it.
+FRAME_ROOM = 64 * 1024
+# Largest frame a peer may send to the observe and notify sockets. Those peers send nothing
+# but the handshake (CURVE's largest command is well under this) and subscriptions.
+SMALL_FRAME = 1024
 
 
 @dataclass
@@ -47,7 +55,15 @@ class ServerConfig:
     max_batch: int = 512
     max_frame: int = 1 << 20
     max_inflight_per_peer: int = 1000
-    send_hwm: int = 10_000
+    send_hwm: int = 1000  # messages queued per peer before more are dropped
+    recv_hwm: int = 1000  # messages ZeroMQ reads ahead per peer before it stops reading
+    socket_buffer: int = 0  # kernel SO_SNDBUF / SO_RCVBUF per connection; 0 = the OS default
+    max_envelope: int = 8  # routing frames before the request frame
+    max_envelope_frame: int = 256  # bytes of one routing frame (a ZeroMQ identity is <= 255)
+    max_observers: int = 10_000
+    max_observers_per_peer: int = 100
+    max_parked: int = 10_000  # waiting takes, over all peers
+    observe_connect_ms: int = 10_000  # time an observer has to connect before it can be dropped
 
 
 @dataclass
@@ -56,6 +72,9 @@ class _Observer:
     dsid: str
     client: str | None
     expires: int | None
+    peer: bytes  # the request peer that asked for it, for the per-peer cap
+    since: int
+    reached: bool = False  # a push got through: its DEALER connected
 
 
 @dataclass
@@ -66,6 +85,7 @@ class _Pending:
     request: Request
     zest: bool
     deadline: int | None = None  # set once a take has waited: it keeps its first deadline
+    serial: int = -1  # set when first parked: its key among the parked takes
 
 
 def now_ms() -> int:
@@ -81,12 +101,14 @@ class Server:
         self.sealer = service.sealer  # the same topics and keys the subscribe replies hand out
         self.ctx = zmq.Context()
         self.public_key = b""
-        self.request = self._socket(zmq.ROUTER, self.config.request_endpoint)
-        self.observe = self._socket(zmq.ROUTER, self.config.observe_endpoint)
+        max_frame = self.config.max_frame + FRAME_ROOM
+        self.request = self._socket(zmq.ROUTER, self.config.request_endpoint, max_frame)
+        self.observe = self._socket(zmq.ROUTER, self.config.observe_endpoint, SMALL_FRAME)
         # XPUB: it tells which topics have subscribers, so nobody's changes are sealed for nothing.
-        self.notify = self._socket(zmq.XPUB, self.config.notify_endpoint)
-        self._subscribed: set[bytes] = set()  # whole topics
-        self._prefixes: set[bytes] = set()  # shorter subscriptions (b"" is everything)
+        self.notify = self._socket(zmq.XPUB, self.config.notify_endpoint, SMALL_FRAME)
+        # Subscribed topics and prefixes by length (b"" is everything): a change looks up each
+        # prefix of its topic, so its cost does not grow with the number of subscriptions.
+        self._subscriptions: dict[int, set[bytes]] = {}
         self.endpoints = {
             name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
             for name, sock in (
@@ -96,15 +118,32 @@ class Server:
             )
         }
         self._stop = threading.Event()
-        self._parked: dict[str, list[_Pending]] = defaultdict(list)
+        # Waiting takes per datasource, oldest first, keyed by serial; their deadlines in a heap.
+        self._parked: dict[str, OrderedDict[int, _Pending]] = {}
+        self._parked_count = 0
+        self._parked_by_peer: Counter[bytes] = Counter()
+        self._deadlines: list[tuple[int, int, str]] = []  # (deadline, serial, dsid)
+        self._serials = itertools.count()
         self._observers: dict[bytes, _Observer] = {}
+        # Observers by (dsid, client) and (dsid, None): a change reaches only those watching it.
+        self._watching: dict[tuple[str, str | None], set[bytes]] = {}
+        self._observers_by_peer: Counter[bytes] = Counter()
+        self._expiries: list[tuple[int, bytes]] = []  # (expires, ident) of observers with max_age
+        self._partial: list[bytes] = []  # routing frames of a request still arriving
+        self._discarding = False  # the request arriving broke the envelope limits
         self.served = 0
         self.dropped = 0  # replies and pushes to peers that had gone or stopped reading
+        self.discarded = 0  # requests dropped unanswered: too many or too large routing frames
 
-    def _socket(self, kind: int, endpoint: str) -> zmq.Socket[bytes]:
+    def _socket(self, kind: int, endpoint: str, max_frame: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
         sock.linger = 1000
         sock.sndhwm = self.config.send_hwm
+        sock.rcvhwm = self.config.recv_hwm
+        # Per frame: ZeroMQ refuses a larger one (and drops that connection) before buffering it.
+        sock.maxmsgsize = max_frame
+        if self.config.socket_buffer:
+            sock.sndbuf = sock.rcvbuf = self.config.socket_buffer
         if kind == zmq.ROUTER:
             # Report unroutable and full peers (counted as dropped) instead of dropping silently.
             sock.router_mandatory = True
@@ -128,12 +167,14 @@ class Server:
         """Serve until :meth:`stop`, then answer what is pending, close sockets and storage."""
         poller = zmq.Poller()
         poller.register(self.request, zmq.POLLIN)
+        poller.register(self.observe, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 timeout = self._timeout()
                 if timeout and not poller.poll(timeout):
                     self._run_batch([], now_ms())
                     continue
+                self._drain_observe()
                 self._run_batch(self._receive(), now_ms())
             self._shutdown()
         finally:
@@ -142,8 +183,8 @@ class Server:
             self.ctx.term()
 
     def _timeout(self) -> int:
-        deadlines = [p.deadline or 0 for queue in self._parked.values() for p in queue]
-        deadlines += [o.expires for o in self._observers.values() if o.expires is not None]
+        # Heap tops may belong to takes or observers already gone: waking early is harmless.
+        deadlines = [heap[0][0] for heap in (self._deadlines, self._expiries) if heap]
         now = now_ms()
         waits = [deadline - now for deadline in deadlines]
         lease = self.service.lease_due_in(mono_ms())  # leases are on the store clock
@@ -153,17 +194,33 @@ class Server:
             return TICK_MS
         return max(0, min(TICK_MS, min(waits)))
 
-    def _receive(self) -> list[_Pending]:
-        pending = []
-        inflight = self._parked_per_peer()
+    def _drain_observe(self) -> None:
+        """Discard what observe peers send: they have nothing to say, and unread it would pile up."""
         for _ in range(self.config.max_batch):
             try:
-                msg = self.request.recv_multipart(zmq.NOBLOCK, copy=True)
+                self.observe.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+
+    def _receive(self) -> list[_Pending]:
+        pending = []
+        inflight: Counter[bytes] = Counter()
+        # Frames, not messages: a message of many frames is read and dropped a frame at a time.
+        frames = self.config.max_batch * (self.config.max_envelope + 1)
+        received = 0
+        while received < self.config.max_batch and frames:
+            try:
+                frame = self.request.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            frames -= 1
+            msg = self._assemble(frame, bool(self.request.rcvmore))
+            if msg is None:
+                continue
+            received += 1
             peer = msg[0]
-            inflight[peer] = inflight.get(peer, 0) + 1
-            if inflight[peer] > self.config.max_inflight_per_peer:
+            inflight[peer] += 1
+            if inflight[peer] + self._parked_by_peer[peer] > self.config.max_inflight_per_peer:
                 self._refuse(
                     msg,
                     TooMany(
@@ -177,21 +234,40 @@ class Server:
                 pending.append(item)
         return pending
 
-    def _parked_per_peer(self) -> dict[bytes, int]:
-        counts: dict[bytes, int] = {}
-        for queue in self._parked.values():
-            for parked in queue:
-                counts[parked.envelope[0]] = counts.get(parked.envelope[0], 0) + 1
-        return counts
+    def _assemble(self, frame: bytes, more: bool) -> list[bytes] | None:
+        """The whole message once ``frame`` completes one within the envelope limits, else None.
 
-    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        Routing frames are kept until the request frame arrives; a message with more or
+        larger routing frames than allowed is dropped as it arrives and counted, never
+        held whole (ZeroMQ bounds each frame, not the number of frames in a message).
+        """
+        if more:
+            if not self._discarding and (
+                len(frame) > self.config.max_envelope_frame
+                or len(self._partial) >= self.config.max_envelope
+            ):
+                self._partial, self._discarding = [], True
+            if not self._discarding:
+                self._partial.append(frame)
+            return None
+        if self._discarding:
+            self._discarding = False
+            self.discarded += 1
+            return None
+        msg, self._partial = [*self._partial, frame], []
+        return msg
+
+    def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
+        """Send without blocking; 0, or the errno of a message dropped (and counted)."""
         try:
             # send_multipart's checks, done by hand: this runs once per reply.
             for frame in frames[:-1]:
                 sock.send(frame, _MORE)
             sock.send(frames[-1], zmq.NOBLOCK)
-        except zmq.ZMQError:  # EHOSTUNREACH: the peer has gone; EAGAIN: it is not reading
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the peer has gone; EAGAIN: it is not reading
             self.dropped += 1
+            return exc.errno or -1
+        return 0
 
     def _decode(self, msg: list[bytes]) -> _Pending | None:
         envelope, frame = msg[:-1], msg[-1]
@@ -231,9 +307,10 @@ class Server:
             requests_received=self.served,
             replies_dropped=self.dropped,
             zest_observers=len(self._observers),
-            waiting_takes=sum(len(queue) for queue in self._parked.values()),
+            waiting_takes=self._parked_count,
+            requests_discarded=self.discarded,
         )
-        pending = self._unpark(now, lambda dsid, deadline: deadline <= now) + pending
+        pending = self._unpark_due(now) + pending
         mono = mono_ms()
         lease = self.service.lease_due_in(mono)
         if not pending and (lease is None or lease > 0):
@@ -242,8 +319,12 @@ class Server:
             return
         woken: list[_Pending] = []
 
-        def wake(dsids: set[str]) -> list[Request]:
-            unparked = self._unpark(now, lambda dsid, deadline: dsid in dsids)
+        def wake(queued: Mapping[str, int]) -> list[Request]:
+            unparked = [
+                self._waiting(item, now)
+                for dsid, count in queued.items()
+                for item in self._wake(dsid, count)
+            ]
             woken.extend(unparked)
             return [item.request for item in unparked]
 
@@ -254,51 +335,124 @@ class Server:
         self._publish(expired)
         for item, outcome in zip(pending, outcomes, strict=True):
             if outcome.wait is not None:
-                self._park(item, outcome.wait)
-                continue
+                if item.serial >= 0 or self._parked_count < self.config.max_parked:
+                    self._park(item, outcome.wait)
+                    continue
+                # A take parked before keeps its place; a new one past the cap is refused.
+                error = TooMany(
+                    f"more than {self.config.max_parked} takes are waiting in this store: "
+                    "take without wait, or wait in fewer drivers"
+                )
+                outcome = Outcome(Reply(error.status, None, error.message, item.request.id))
             assert outcome.reply is not None
             self._reply(item, outcome)
             self._publish(outcome.changes)
         self._expire_observers(now)
 
-    def _unpark(self, now: int, due: Callable[[str, int], bool]) -> list[_Pending]:
-        """Take out the parked takes that are ``due(dsid, deadline)``, each waiting only what is left."""
+    @staticmethod
+    def _waiting(item: _Pending, now: int) -> _Pending:
+        """``item`` as a take that waits only what is left of its deadline."""
+        body = {**item.request.body, "wait": max(0, (item.deadline or 0) - now)}
+        return replace(item, request=item.request._replace(body=body))
+
+    def _unpark_due(self, now: int) -> list[_Pending]:
+        """Take out the parked takes whose deadline has come."""
         out: list[_Pending] = []
-        for dsid in list(self._parked):
-            keep = []
-            for parked in self._parked[dsid]:
-                deadline = parked.deadline or 0
-                if due(dsid, deadline):
-                    body = {**parked.request.body, "wait": max(0, deadline - now)}
-                    out.append(replace(parked, request=parked.request._replace(body=body)))
-                else:
-                    keep.append(parked)
-            if keep:
-                self._parked[dsid] = keep
-            else:
-                del self._parked[dsid]
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, serial, dsid = heapq.heappop(self._deadlines)
+            item = self._unpark(dsid, serial)
+            if item is not None:  # else it was woken and answered already
+                out.append(self._waiting(item, now))
         return out
+
+    def _wake(self, dsid: str, count: int) -> list[_Pending]:
+        """Take out the ``count`` oldest parked takes of ``dsid``: one per job it gained."""
+        queue = self._parked.get(dsid)
+        out: list[_Pending | None] = []
+        while queue and len(out) < count:
+            out.append(self._unpark(dsid, next(iter(queue))))
+        return [item for item in out if item is not None]
+
+    def _unpark(self, dsid: str, serial: int) -> _Pending | None:
+        queue = self._parked.get(dsid)
+        item = queue.pop(serial, None) if queue is not None else None
+        if item is None:
+            return None
+        if not queue:
+            del self._parked[dsid]
+        self._parked_count -= 1
+        peer = item.envelope[0]
+        self._parked_by_peer[peer] -= 1
+        if not self._parked_by_peer[peer]:
+            del self._parked_by_peer[peer]
+        return item
 
     def _park(self, item: _Pending, wait: Wait) -> None:
         item.deadline = item.deadline or wait.deadline
-        self._parked[wait.dsid].append(item)
+        if item.serial < 0:  # parked for the first time: its deadline enters the heap once
+            item.serial = next(self._serials)
+            heapq.heappush(self._deadlines, (item.deadline, item.serial, wait.dsid))
+            if len(self._deadlines) > 2 * self._parked_count + 64:
+                # Mostly entries of takes woken and answered: rebuild from those still parked.
+                self._deadlines = [
+                    (p.deadline or 0, p.serial, dsid)
+                    for dsid, queue in self._parked.items()
+                    for p in queue.values()
+                ]
+                self._deadlines.append((item.deadline, item.serial, wait.dsid))
+                heapq.heapify(self._deadlines)
+        self._parked.setdefault(wait.dsid, OrderedDict())[item.serial] = item
+        self._parked_count += 1
+        self._parked_by_peer[item.envelope[0]] += 1
 
     def _reply(self, item: _Pending, outcome: Outcome) -> None:
         reply = outcome.reply
         assert reply is not None
         request = item.request
         if outcome.observe is not None:
-            ident = str(uuid.uuid4()).encode()
-            expires = None
-            if outcome.observe.max_age:
-                expires = now_ms() + outcome.observe.max_age * 1000
-            self._observers[ident] = _Observer(
-                ident, outcome.observe.dsid, outcome.observe.client, expires
-            )
-            reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
-            request = request._replace(content_format=zest.FORMAT_TEXT)
+            reply, request = self._observe(item, outcome.observe)
         frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
         self._send(self.request, [*item.envelope, frame])
+
+    def _observe(self, item: _Pending, observe: Observe) -> tuple[Reply, Request]:
+        """Register a Zest observer (reply: its UUID), or refuse one past the caps with 429."""
+        request, peer = item.request, item.envelope[0]
+        error = None
+        if len(self._observers) >= self.config.max_observers:
+            error = TooMany(
+                f"this store has {self.config.max_observers} Zest observers, its limit: "
+                "observe with max_age so observations end, or use a native subscription"
+            )
+        elif self._observers_by_peer[peer] >= self.config.max_observers_per_peer:
+            error = TooMany(
+                f"this connection has {self.config.max_observers_per_peer} Zest observers, "
+                "its limit: observe with max_age, or observe a whole datasource once"
+            )
+        if error is not None:
+            return Reply(error.status, None, error.message, request.id), request
+        ident = str(uuid.uuid4()).encode()
+        now = now_ms()
+        expires = now + observe.max_age * 1000 if observe.max_age else None
+        self._observers[ident] = _Observer(ident, observe.dsid, observe.client, expires, peer, now)
+        self._watching.setdefault((observe.dsid, observe.client), set()).add(ident)
+        self._observers_by_peer[peer] += 1
+        if expires is not None:
+            heapq.heappush(self._expiries, (expires, ident))
+        reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
+        return reply, request._replace(content_format=zest.FORMAT_TEXT)
+
+    def _forget(self, ident: bytes) -> _Observer | None:
+        obs = self._observers.pop(ident, None)
+        if obs is None:
+            return None
+        key = (obs.dsid, obs.client)
+        self._watching[key].discard(ident)
+        if not self._watching[key]:
+            del self._watching[key]
+        self._observers_by_peer[obs.peer] -= 1
+        if not self._observers_by_peer[obs.peer]:
+            del self._observers_by_peer[obs.peer]
+        return obs
 
     def _update_subscriptions(self) -> None:
         """Apply the (un)subscribe messages XPUB has for us: first byte 1 or 0, then the topic."""
@@ -308,14 +462,18 @@ class Server:
             except zmq.Again:
                 return
             topic = event[1:]
-            kind = self._subscribed if len(topic) >= TOPIC_LENGTH else self._prefixes
+            if len(topic) > TOPIC_LENGTH:
+                continue  # matches no topic: every topic is TOPIC_LENGTH bytes
+            same_length = self._subscriptions.setdefault(len(topic), set())
             if event[:1] == b"\x01":
-                kind.add(topic)
+                same_length.add(topic)
             elif event[:1] == b"\x00":
-                kind.discard(topic)
+                same_length.discard(topic)
+            if not same_length:
+                del self._subscriptions[len(topic)]
 
     def _wanted(self, topic: bytes) -> bool:
-        return topic in self._subscribed or any(topic.startswith(p) for p in self._prefixes)
+        return any(topic[:length] in same for length, same in self._subscriptions.items())
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -325,31 +483,43 @@ class Server:
                 self._push(change)
 
     def _push(self, change: Change) -> None:
-        job, payload = change.job, None
-        for obs in self._observers.values():
-            if obs.dsid != job.dsid or (obs.client is not None and obs.client != job.client):
-                continue
-            if payload is None:
-                payload = zest_push_payload(change)
-            self._send_observe(obs.ident, zest.encode_push(payload))
+        job = change.job
+        idents = [
+            *self._watching.get((job.dsid, None), ()),
+            *self._watching.get((job.dsid, job.client), ()),
+        ]
+        if not idents:
+            return
+        frame, now = zest.encode_push(zest_push_payload(change)), now_ms()
+        for ident in idents:
+            obs = self._observers[ident]
+            error = self._send_observe(ident, frame)
+            if not error:
+                obs.reached = True
+            elif error == zmq.EHOSTUNREACH and (
+                obs.reached or now - obs.since >= self.config.observe_connect_ms
+            ):
+                # Its DEALER connected and has gone, or never came: nobody will read it.
+                self._forget(ident)
 
-    def _send_observe(self, ident: bytes, frame: bytes) -> None:
+    def _send_observe(self, ident: bytes, frame: bytes) -> int:
         # An observer that has gone or is not reading misses pushes: Zest observe is best effort.
-        self._send(self.observe, [ident, frame])
+        return self._send(self.observe, [ident, frame])
 
     def _expire_observers(self, now: int) -> None:
-        for ident, obs in list(self._observers.items()):
-            if obs.expires is not None and obs.expires <= now:
+        while self._expiries and self._expiries[0][0] <= now:
+            _, ident = heapq.heappop(self._expiries)
+            if self._forget(ident) is not None:
                 self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
-                del self._observers[ident]
 
     def _shutdown(self) -> None:
         """Answer what was received and parked, and tell Zest observers the store is going."""
         self._run_batch(self._receive(), now_ms())
         final = now_ms()
-        for queue in self._parked.values():
-            for parked in queue:
+        for dsid, queue in self._parked.items():
+            for parked in queue.values():
                 parked.deadline = final
+                heapq.heappush(self._deadlines, (final, parked.serial, dsid))
         self._run_batch([], final)
         for ident in self._observers:
             self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
