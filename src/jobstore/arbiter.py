@@ -392,7 +392,12 @@ def _ask(endpoint: str, server_key: str | None, frame: bytes, timeout: float, wh
         return reply.payload
     detail = reply.payload.decode("utf-8", "replace") or "no reason given"
     if reply.code == zest.UNAUTHORIZED:
-        raise Unauthorized(f"the arbiter refused {what}: {detail}; check ARBITER_TOKEN")
+        # The arbiter refuses a missing grant as it refuses a wrong token: only its words tell.
+        if any(word in detail.lower() for word in ("grant", "permission", "caveat")):
+            advice = "the container manager must grant this route to this container as asked"
+        else:
+            advice = "check ARBITER_TOKEN and the name this container asks as (--as)"
+        raise Unauthorized(f"the arbiter refused {what}: {detail}; {advice}")
     status = (reply.code >> 5) * 100 + (reply.code & 0x1F)  # CoAP c.dd is HTTP-style cdd
     raise RequestFailed(status, f"the arbiter answered {what} with {reply.code}: {detail}")
 
@@ -435,8 +440,9 @@ def run_cli(args: argparse.Namespace) -> int:
         raise SystemExit("jobstore: the CURVE secret key must be 40 characters of Z85")
     arbiter = FakeArbiter(args.endpoint, secret_key=key)
     for name, token in (_pair(spec, "--store") for spec in args.store):
-        secret = arbiter.register_store(name, token).decode()
-        log.info("store %s: token secret %s (served as GET /store/secret)", name, secret)
+        arbiter.register_store(name, token)
+        # Not the secret itself: logs never hold secrets (docs/operations.md).
+        log.info("store %s registered; its token secret is served as GET /store/secret", name)
     for spec in args.container:
         arbiter.register_container(*_pair(spec, "--container"))
     for spec in args.grant:

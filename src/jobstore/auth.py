@@ -129,7 +129,7 @@ def _parse(raw: bytes) -> tuple[bytes, list[bytes], bytes]:
         if key in (b"vid", b"cl") and cids:
             raise Unauthorized(
                 "token has a third-party caveat, which this store cannot discharge; "
-                "ask the arbiter for a token with first-party caveats only"
+                "use a token with first-party caveats only"
             )
         if key != b"cid":
             raise _malformed(f"unexpected packet {key[:32]!r}")
@@ -162,10 +162,14 @@ def _verify(key: bytes, token: str) -> tuple[str, ...]:
 
 
 class Authoriser:
-    """Decides whether a request's token grants it; off (allows everything) without a secret."""
+    """Decides whether a request's token grants it; off (allows everything) without a secret.
 
-    def __init__(self, secret: bytes | None, identity: str) -> None:
+    ``issuer`` names where tokens come from, in the advice of a refusal.
+    """
+
+    def __init__(self, secret: bytes | None, identity: str, *, issuer: str = "the arbiter") -> None:
         self.identity = identity
+        self.issuer = issuer
         # Only the derived key is kept. A token's verdict depends on nothing else, so
         # repeated tokens skip parsing and HMACs; failures raise and are not cached.
         self._verified = (
@@ -192,7 +196,7 @@ class Authoriser:
         if self._verified is None:
             return
         if not token:
-            raise Unauthorized("missing token: this store requires a macaroon from the arbiter")
+            raise Unauthorized(f"missing token: this store requires a macaroon from {self.issuer}")
         if isinstance(token, bytes):
             try:
                 token = token.decode("ascii")
@@ -203,17 +207,17 @@ class Authoriser:
         )
         for caveat in self._verified(token):
             if not _matches(caveat, required):
-                raise Unauthorized(_refusal(caveat, required))
+                raise Unauthorized(_refusal(caveat, required, self.issuer))
 
 
-def _refusal(caveat: str, required: tuple[str, ...]) -> str:
+def _refusal(caveat: str, required: tuple[str, ...], issuer: str) -> str:
     """Why ``caveat`` does not grant a request with ``required`` caveats, and what to do."""
     request = ", ".join(required)
     key = caveat.split(" = ", 1)[0] if " = " in caveat else None
     if key not in _KEYS:
         return (
             f'token caveat "{caveat}" is not one this store checks (it checks '
-            f"{', '.join(_KEYS)}); ask the arbiter for a token without it"
+            f"{', '.join(_KEYS)}); get a token without it from {issuer}"
         )
     value = next((r.split(" = ", 1)[1] for r in required if r.startswith(f"{key} = ")), None)
     if value is None:
@@ -223,5 +227,5 @@ def _refusal(caveat: str, required: tuple[str, ...]) -> str:
         )
     return (
         f'token caveat "{caveat}" does not match this request ({request}); '
-        f"ask the arbiter for a token covering {key} {value}"
+        f"get a token covering {key} {value} from {issuer}"
     )

@@ -30,6 +30,7 @@ LMDB read and write.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ from . import records
 from .errors import ConfigError, StorageFull
 from .records import Job
 from .states import TERMINAL, Status
+
+log = logging.getLogger(__name__)
 
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
@@ -117,21 +120,31 @@ class Storage:
         *,
         readonly: bool = False,
     ) -> None:
-        """Open (creating, mode 0700, unless ``readonly``) the data directory at ``path``."""
+        """Open the data directory at ``path``; unless ``readonly``, create it (mode 0700) if missing.
+
+        An existing directory keeps its mode (it may be a volume another user owns, such
+        as Docker's /database); one that others can read is logged as a warning.
+        """
         self.path = Path(path)
         if not readonly:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.path.chmod(0o700)
+            self._make_directory()
         self.max_map_size = max(max_map_size, 1 << 16)
-        self.env = lmdb.open(
-            str(self.path),
-            map_size=min(map_size, self.max_map_size),
-            max_dbs=8,
-            sync=True,
-            metasync=True,
-            lock=True,
-            readonly=readonly,
-        )
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=min(map_size, self.max_map_size),
+                max_dbs=8,
+                sync=True,
+                metasync=True,
+                lock=True,
+                readonly=readonly,
+            )
+        except lmdb.Error as exc:
+            reason = str(exc).removeprefix(f"{self.path}: ")  # lmdb names the path too
+            raise ConfigError(
+                f"cannot open the data directory {self.path}: {reason}; it must be a directory "
+                "this user can read and write"
+            ) from None
         self._page_size = int(self.env.stat()["psize"])
         # (dsid, stored bytes) -> record, for records written lately: a take or a status report
         # reads a record written a batch or two before, and the bytes decide the record, so a
@@ -150,6 +163,31 @@ class Storage:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
             txn.upgrade()
+
+    def _make_directory(self) -> None:
+        try:
+            self.path.mkdir(mode=0o700, parents=True)
+            return
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the data directory {self.path}: {exc.strerror}; create it, or "
+                "choose a --data-dir in a directory this user can write"
+            ) from None
+        if not self.path.is_dir():
+            raise ConfigError(
+                f"the data directory {self.path} is a file, not a directory: choose another "
+                "--data-dir, or move the file away"
+            )
+        mode = self.path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning(
+                "the data directory %s is open to other users (mode %o); jobs may hold private "
+                "data: chmod 700 it",
+                self.path,
+                mode,
+            )
 
     def backup(self, destination: str | os.PathLike[str]) -> None:
         """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
