@@ -395,6 +395,8 @@ def _ask(endpoint: str, server_key: str | None, frame: bytes, timeout: float, wh
         # The arbiter refuses a missing grant as it refuses a wrong token: only its words tell.
         if any(word in detail.lower() for word in ("grant", "permission", "caveat")):
             advice = "the container manager must grant this route to this container as asked"
+        elif "not a registered store" in detail:
+            advice = "check --target, the store's name"
         else:
             advice = "check ARBITER_TOKEN and the name this container asks as (--as)"
         raise Unauthorized(f"the arbiter refused {what}: {detail}; {advice}")
