@@ -31,6 +31,8 @@ cleanup() {
     [ -z "$imported_base" ] || docker rmi "$imported_base" >/dev/null 2>&1 || true
     docker image prune -f --filter "label=jobstore-check=$run" >/dev/null 2>&1 || true
     rm -rf "$tmp"
+    left=$(docker ps -aq --filter "name=$run"; docker images -q "$run*"; docker network ls -q --filter "name=$run"; docker volume ls -q --filter "name=$run")
+    [ -z "$left" ] && say "nothing of $run is left" || { say "left behind: $left"; status=1; }
     if [ -n "$started_dockerd" ]; then
         kill "$started_dockerd" 2>/dev/null && wait "$started_dockerd" 2>/dev/null || true
         say "stopped the dockerd this check started"
@@ -100,7 +102,7 @@ healthy() { # NAME: wait until docker reports the container healthy
         fi
         sleep 1
     done
-    echo "$1: $(docker inspect -f '{{.State.Health.Status}}: {{(index .State.Health.Log 0).Output}}' "$1" | head -1)"
+    echo "$1 is healthy; its check said: $(docker inspect -f '{{(index .State.Health.Log 0).Output}}' "$1" | head -1)"
 }
 client() { # HOST ARGS...: a jobstore client command in another container on the network
     host=$1; shift
@@ -122,8 +124,8 @@ store "$run-store" "$run-data"
 healthy "$run-store"
 expect "j1  submitted" client "$run-store" submit sensor-jobs '{"read": "temperature"}' \
     --client app1 --job j1 --arbiter-token YXBw --as app1
-expect "" client "$run-store" work sensor-jobs --max-jobs 1 --register "Sensor jobs" \
-    --exec 'echo "{\"celsius\": 20}"' --arbiter-token ZHJpdmVy --as driver1
+expect "ran 1 job(s)" client "$run-store" --log-level INFO work sensor-jobs --max-jobs 1 \
+    --register "Sensor jobs" --exec 'echo "{\"celsius\": 20}"' --arbiter-token ZHJpdmVy --as driver1
 expect 'j1  complete  client=app1  attempts=1  response={"celsius": 20}' \
     client "$run-store" status sensor-jobs j1 --client app1 --arbiter-token YXBw --as app1
 
