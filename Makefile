@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint run bench docs clean fuzz crash
+.PHONY: test lint run bench docs clean fuzz crash docker-check docker-constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,19 @@ fuzz: $(STAMP)
 
 crash: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_crash.py --crash-rounds $${CRASH_ROUNDS:-500} -o timeout=0
+
+# Build the image and run it in Databox mode against the fake arbiter (docker/check.sh); needs root,
+# and installs and starts dockerd when missing. Not part of `make test`.
+docker-check:
+	sh docker/check.sh
+
+# Pin the image's dependencies again: a fresh venv with only `pip install .`, frozen.
+docker-constraints:
+	rm -rf build/constraints-venv && $(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install --quiet .
+	{ sed -n '1,2p' docker/constraints.txt; build/constraints-venv/bin/pip freeze --exclude jobstore; } \
+		> docker/constraints.txt.new && mv docker/constraints.txt.new docker/constraints.txt
+	rm -rf build/constraints-venv
 
 docs: $(STAMP)
 	$(BIN)/python -m jobstore.states > docs/states.md

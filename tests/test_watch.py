@@ -269,7 +269,7 @@ def test_the_live_view_shows_counts_recent_changes_and_progress_bars() -> None:
     out = TtyBuffer()
     run_watch(FakeSource(records), output="live", out=out)
     screen = out.getvalue()
-    for text in ("jobstore watch", "accepted", "complete", "job-half", "5/10", "50%", "app2"):
+    for text in ("jobstore watch", "running", "complete", "job-half", "5/10", "50%", "app2"):
         assert text in screen
     assert "━" in screen  # the bar
 

@@ -7,8 +7,10 @@ it adds ``watch`` and ``fake-arbiter``.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,16 @@ log = logging.getLogger("jobstore")
 def env_setting(name: str, default: Any = None) -> Any:
     """``JOBSTORE_<name>`` from the environment, else ``default``: every command flag's default."""
     return os.environ.get(f"JOBSTORE_{name}", default)
+
+
+def endpoint(text: str) -> str:
+    """An endpoint flag's value: tcp://HOST:PORT or ipc:///PATH (ZeroMQ says only "Invalid argument")."""
+    if not text.startswith(("tcp://", "ipc://")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an endpoint: write tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) "
+            "or ipc:///PATH"
+        )
+    return text
 
 
 def add_cli(sub: Any) -> None:
@@ -104,9 +116,17 @@ def add_serve(sub: Any) -> None:
         default=env_setting("DATA_DIR"),
         help="LMDB directory (./var; /database with --databox)",
     )
-    p.add_argument("--request-endpoint", default=env_setting("REQUEST_ENDPOINT", DEFAULT_REQUEST))
-    p.add_argument("--observe-endpoint", default=env_setting("OBSERVE_ENDPOINT", DEFAULT_OBSERVE))
-    p.add_argument("--notify-endpoint", default=env_setting("NOTIFY_ENDPOINT", DEFAULT_NOTIFY))
+    for socket, listen in (
+        ("request", DEFAULT_REQUEST),
+        ("observe", DEFAULT_OBSERVE),
+        ("notify", DEFAULT_NOTIFY),
+    ):
+        p.add_argument(
+            f"--{socket}-endpoint",
+            type=endpoint,
+            default=env_setting(f"{socket.upper()}_ENDPOINT", listen),
+            help=f"({listen})",
+        )
     p.add_argument(
         "--secret-key-file",
         default=env_setting("SECRET_KEY_FILE"),
@@ -224,9 +244,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if token_key is not None:
         from .auth import Authoriser
 
+        issuer = "the arbiter" if args.databox else "jobstore mint (with this store's token key)"
         auth = Authoriser(
-            token_key, args.identity, max_token=args.max_token, max_caveats=args.max_caveats
+            token_key,
+            args.identity,
+            issuer=issuer,
+            max_token=args.max_token,
+            max_caveats=args.max_caveats,
         )
+    _check_endpoints(args)
+    created = not os.path.lexists(args.data_dir)
     # Before the data is opened: a second store on the directory names the first and stops.
     lock = DataDirLock(
         args.data_dir,
@@ -262,7 +289,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_observers_per_peer=args.max_observers_per_peer,
         max_parked=args.max_waiting_takes,
     )
-    server = Server(Service(storage, auth, limits), config)
+    try:
+        server = Server(Service(storage, auth, limits), config)
+    except zmq.ZMQError as exc:
+        # Taken between the check and now: leave no data directory behind for a store that never ran.
+        storage.close()
+        if created:
+            shutil.rmtree(args.data_dir, ignore_errors=True)
+        raise ConfigError(f"cannot listen: {exc.strerror}; {_LISTEN_ADVICE}") from None
     server.install_signal_handlers()
     log.info(
         "jobstore %s serving data in %s as %r",
@@ -279,12 +313,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+_LISTEN_ADVICE = (
+    "is another store (or program) using it? Stop it, or give this store other "
+    "--request/--observe/--notify-endpoint values"
+)
+
+
+def _check_endpoints(args: argparse.Namespace) -> None:
+    """Bind and release each endpoint, so a busy port stops start-up before anything is created."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        for name in ("request", "observe", "notify"):
+            where = getattr(args, f"{name}_endpoint")
+            sock = ctx.socket(zmq.ROUTER)
+            sock.linger = 0
+            try:
+                sock.bind(where)
+            except zmq.ZMQError as exc:
+                advice = (
+                    _LISTEN_ADVICE
+                    if exc.errno == errno.EADDRINUSE
+                    else "check the host, port or path (tcp://HOST:PORT or ipc:///PATH)"
+                )
+                raise ConfigError(
+                    f"cannot listen on --{name}-endpoint {where}: {exc.strerror}; {advice}"
+                ) from None
+            finally:
+                sock.close()
+    finally:
+        ctx.term()
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     public, secret = zmq.curve_keypair()
     out = Path(args.out)
-    out.touch(mode=0o600, exist_ok=False)
-    out.write_bytes(secret + b"\n")
-    Path(f"{out}.pub").write_bytes(public + b"\n")
+    pub = Path(f"{out}.pub")
+    for path in (out, pub):
+        if path.exists():
+            raise ConfigError(
+                f"{path} exists: keygen never overwrites a key; choose another --out, or remove "
+                "the old pair if nothing uses it"
+            )
+    if not out.parent.is_dir():
+        raise ConfigError(f"no directory {out.parent} for --out {out}: create it first")
+    try:
+        out.touch(mode=0o600, exist_ok=False)
+        out.write_bytes(secret + b"\n")
+        pub.write_bytes(public + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {exc.filename}: {exc.strerror}") from None
     print(public.decode())
     return 0
 

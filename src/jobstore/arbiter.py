@@ -202,7 +202,7 @@ class FakeArbiter:
         if record is None:
             raise Unauthorized(f"no container {host!r} is registered; send the store's name")
         record.secret = str(uuid.uuid4()).encode()
-        log.info("%s fetched a new token secret %s", host, record.secret.decode())
+        log.info("%s fetched a new token secret", host)  # not the secret: logs never hold one
         return record.secret
 
     def _token(self, host: str | None, body: dict[str, Any]) -> str:
@@ -416,7 +416,16 @@ def _ask(endpoint: str, server_key: str | None, frame: bytes, timeout: float, wh
         return reply.payload
     detail = reply.payload.decode("utf-8", "replace") or "no reason given"
     if reply.code == zest.UNAUTHORIZED:
-        raise Unauthorized(f"the arbiter refused {what}: {detail}; check ARBITER_TOKEN")
+        # The arbiter refuses a missing grant as it refuses a wrong token: only its words tell.
+        if any(word in detail.lower() for word in ("grant", "permission", "caveat")):
+            advice = "the container manager must grant this route to this container as asked"
+        elif "has not fetched" in detail:
+            advice = "start the store first: it fetches its secret as it starts"
+        elif "not a registered store" in detail:
+            advice = "check --target, the store's name"
+        else:
+            advice = "check ARBITER_TOKEN and the name this container asks as (--as)"
+        raise Unauthorized(f"the arbiter refused {what}: {detail}; {advice}")
     status = (reply.code >> 5) * 100 + (reply.code & 0x1F)  # CoAP c.dd is HTTP-style cdd
     raise RequestFailed(status, f"the arbiter answered {what} with {reply.code}: {detail}")
 
@@ -464,8 +473,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if len(key) != 40:
         raise SystemExit("jobstore: the CURVE secret key must be 40 characters of Z85")
     arbiter = FakeArbiter(args.endpoint, secret_key=key, client_caveats=args.client_caveats)
-    for spec in args.store:
-        arbiter.register_store(*_pair(spec, "--store"))
+    for name, token in (_pair(spec, "--store") for spec in args.store):
+        arbiter.register_store(name, token)
+        # Not the secret itself: logs never hold secrets (docs/operations.md).
+        log.info("store %s registered; its token secret is served as GET /store/secret", name)
     for spec in args.container:
         arbiter.register_container(*_pair(spec, "--container"))
     for spec in args.grant:

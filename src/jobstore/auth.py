@@ -139,7 +139,7 @@ def _parse(raw: bytes, max_caveats: int) -> tuple[bytes, list[bytes], bytes]:
         if key in (b"vid", b"cl") and cids:
             raise Unauthorized(
                 "token has a third-party caveat, which this store cannot discharge; "
-                "ask the arbiter for a token with first-party caveats only"
+                "use a token with first-party caveats only"
             )
         if key != b"cid":
             raise _malformed(f"unexpected packet {key[:32]!r}")
@@ -172,19 +172,24 @@ def _verify(key: bytes, token: str, max_caveats: int) -> tuple[str, ...]:
 
 
 class Authoriser:
-    """Decides whether a request's token grants it; off (allows everything) without a secret."""
+    """Decides whether a request's token grants it; off (allows everything) without a secret.
+
+    ``issuer`` names where tokens come from, in the advice of a refusal.
+    """
 
     def __init__(
         self,
         secret: bytes | None,
         identity: str,
         *,
+        issuer: str = "the arbiter",
         max_token: int = MAX_TOKEN,
         max_caveats: int = MAX_CAVEATS,
         cache_entries: int = CACHE_ENTRIES,
         cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.identity = identity
+        self.issuer = issuer
         self.max_token, self.max_caveats = max_token, max_caveats
         self.cache_entries, self.cache_bytes = cache_entries, cache_bytes
         # Only the derived key is kept. A token's verdict depends on nothing else, so a
@@ -236,11 +241,11 @@ class Authoriser:
         if self._key is None:
             return
         if not token:
-            raise Unauthorized("missing token: this store requires a macaroon from the arbiter")
+            raise Unauthorized(f"missing token: this store requires a macaroon from {self.issuer}")
         if len(token) > self.max_token:
             raise Unauthorized(
                 f"token is {len(token)} characters long; this store's limit is {self.max_token}: "
-                "ask the arbiter for a token with fewer caveats"
+                f"ask {self.issuer} for a token with fewer caveats"
             )
         if isinstance(token, bytes):
             try:
@@ -252,7 +257,7 @@ class Authoriser:
         )
         for caveat in self._verified(self._key, token):
             if not _matches(caveat, required):
-                raise Unauthorized(_refusal(caveat, required))
+                raise Unauthorized(_refusal(caveat, required, self.issuer))
 
 
 def _entry_size(token: str, verdict: tuple[str, ...] | str) -> int:
@@ -260,14 +265,14 @@ def _entry_size(token: str, verdict: tuple[str, ...] | str) -> int:
     return _ENTRY_OVERHEAD + len(token) + caveats
 
 
-def _refusal(caveat: str, required: tuple[str, ...]) -> str:
+def _refusal(caveat: str, required: tuple[str, ...], issuer: str) -> str:
     """Why ``caveat`` does not grant a request with ``required`` caveats, and what to do."""
     request = ", ".join(required)
     key = caveat.split(" = ", 1)[0] if " = " in caveat else None
     if key not in _KEYS:
         return (
             f'token caveat "{caveat}" is not one this store checks (it checks '
-            f"{', '.join(_KEYS)}); ask the arbiter for a token without it"
+            f"{', '.join(_KEYS)}); get a token without it from {issuer}"
         )
     value = next((r.split(" = ", 1)[1] for r in required if r.startswith(f"{key} = ")), None)
     if value is None:
@@ -277,5 +282,5 @@ def _refusal(caveat: str, required: tuple[str, ...]) -> str:
         )
     return (
         f'token caveat "{caveat}" does not match this request ({request}); '
-        f"ask the arbiter for a token covering {key} {value}"
+        f"get a token covering {key} {value} from {issuer}"
     )

@@ -14,17 +14,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import zmq
+from zmq.utils import z85
+
 from . import __version__
 from .admin import add_cli as add_admin
-from .admin import add_serve, env_setting
+from .admin import add_serve, endpoint, env_setting
 from .arbiter import add_cli as add_fake_arbiter
-from .client import Driver, JobClient, JobContext, Token, load_or_create_client_id
+from .client import Connection, Driver, JobClient, JobContext, Token, load_or_create_client_id
 from .databox import (
     DEFAULT_SECRETS_DIR,
     ArbiterTokens,
 )
 from .errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .watch import add_cli as add_watch
+from .watch import cmd_watch as run_watch_command
+from .watchstate import FINISHED
 
 log = logging.getLogger("jobstore")
 SECRETS_DIR = os.environ.get("JOBSTORE_SECRETS_DIR", DEFAULT_SECRETS_DIR)
@@ -32,6 +37,31 @@ SECRETS_DIR = os.environ.get("JOBSTORE_SECRETS_DIR", DEFAULT_SECRETS_DIR)
 EXIT_FAILED = 1  # the store answered with an error
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3  # no answer in time
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (`jobs ... | head`)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """A --log-level value, any case; argparse reports anything else as a usage error."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a log level: use one of {', '.join(LOG_LEVELS)} (any case)"
+        )
+    return text.upper()
+
+
+def curve_key(text: str) -> str:
+    """A CURVE public key flag's value: 40 characters of Z85."""
+    try:
+        valid = len(text) == 40 and len(z85.decode(text)) == 32
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise argparse.ArgumentTypeError(
+            f"not a CURVE public key ({len(text)} characters): give the 40-character Z85 key "
+            "jobstore keygen printed (or the store's ZMQ_PUBLIC_KEY)"
+        )
+    return text
 
 
 def _secret_file(name: str) -> str | None:
@@ -53,6 +83,7 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     p.add_argument("dsid", help="datasource (job queue) id")
     p.add_argument(
         "--endpoint",
+        type=endpoint,
         default=env_setting(
             "ENDPOINT", os.environ.get("DATABOX_ZMQ_ENDPOINT", "tcp://127.0.0.1:5555")
         ),
@@ -61,11 +92,31 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     p.add_argument("--token", default=env_setting("TOKEN"), help="macaroon (JOBSTORE_TOKEN)")
     p.add_argument(
         "--server-key",
+        type=curve_key,
         default=env_setting("SERVER_KEY", _secret_file("ZMQ_PUBLIC_KEY")),
         help="store's CURVE public key, Z85 (JOBSTORE_SERVER_KEY, else /run/secrets/ZMQ_PUBLIC_KEY)",
     )
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each reply")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for each reply (default 5)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    add_arbiter_flags(p)
+    if client:
+        p.add_argument(
+            "--client",
+            default=env_setting("CLIENT"),
+            help="client id (JOBSTORE_CLIENT, default cli)",
+        )
+        p.add_argument(
+            "--client-file",
+            default=env_setting("CLIENT_FILE"),
+            help="instead of --client: a file keeping this client's secret id, made on first use "
+            "(JOBSTORE_CLIENT_FILE); with the arbiter's tokens the id is what keeps jobs private",
+        )
+
+
+def add_arbiter_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that get tokens from a Databox arbiter, for every command that talks to a store."""
     databox = p.add_argument_group(
         "tokens from a Databox arbiter (instead of --token)",
         "With --arbiter, a token per method is asked of the arbiter, for /DSID/* (an app) or "
@@ -83,6 +134,7 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     )
     databox.add_argument(
         "--arbiter-key",
+        type=curve_key,
         default=env_setting("ARBITER_KEY", _secret_file("ZMQ_PUBLIC_KEY")),
         help="the arbiter's CURVE public key (else /run/secrets/ZMQ_PUBLIC_KEY)",
     )
@@ -94,18 +146,6 @@ def _add_client_flags(p: argparse.ArgumentParser, client: bool) -> None:
     databox.add_argument(
         "--as", dest="identity", help="this container's name (default: the hostname)"
     )
-    if client:
-        p.add_argument(
-            "--client",
-            default=env_setting("CLIENT"),
-            help="client id (JOBSTORE_CLIENT, default cli)",
-        )
-        p.add_argument(
-            "--client-file",
-            default=env_setting("CLIENT_FILE"),
-            help="instead of --client: a file keeping this client's secret id, made on first use "
-            "(JOBSTORE_CLIENT_FILE); with the arbiter's tokens the id is what keeps jobs private",
-        )
 
 
 def _token(args: argparse.Namespace, path: str, client: str | None = None) -> Token:
@@ -170,11 +210,21 @@ def _describe(record: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-def cmd_submit(args: argparse.Namespace) -> int:
+def _request(text: str) -> Any:
+    """The request an argument gives: JSON, or plain text; text that starts like JSON must be JSON."""
     try:
-        request = json.loads(args.request)
-    except json.JSONDecodeError:
-        request = args.request  # plain text is a fine request too
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith(("{", "[")):
+            raise ConfigError(
+                f"the request starts like JSON but is not JSON ({exc.msg} at character {exc.pos}): "
+                "fix it, or pass it as a JSON string to send text"
+            ) from None
+        return text  # plain text is a fine request too
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    request = _request(args.request)
     with _job_client(args) as jc:
         _print(jc.submit(request, job=args.job), args.json)
     return 0
@@ -188,14 +238,47 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _job_client(args) as jc:
-        _print(jc.cancel(args.job), args.json)
+        record = jc.cancel(args.job)
+    _print(record, args.json)
+    if record["status"] in FINISHED:
+        # The store answers a finished job's cancel with the record as it was: say so.
+        print(
+            f"jobstore: {args.job} had already ended ({record['status']}); nothing changed",
+            file=sys.stderr,
+        )
+    elif record["status"] == "accepted":
+        print(
+            f"jobstore: {args.job} is running; its driver has been asked to stop it",
+            file=sys.stderr,
+        )
     return 0
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     with _job_client(args) as jc:
-        _print(list(jc.jobs(since=args.since)), args.json)
+        jobs = list(jc.jobs(since=args.since))
+    if args.json:
+        _print(jobs, True)
+    elif not jobs:
+        since = f" changed after seq {args.since}" if args.since else ""
+        print(f"no jobs of client {jc.client} in {args.dsid}{since}", file=sys.stderr)
+    else:
+        for line in _table(jobs):
+            print(line)
     return 0
+
+
+def _table(records: list[dict[str, Any]]) -> list[str]:
+    """One line per record as :func:`_describe` words it, with the columns aligned."""
+    rows = [_describe(record).split("  ") for record in records]
+    widths: dict[int, int] = {}
+    for row in rows:
+        for i, cell in enumerate(row[:-1]):
+            widths[i] = max(widths.get(i, 0), len(cell))
+    return [
+        "  ".join(cell.ljust(widths.get(i, 0)) for i, cell in enumerate(row)).rstrip()
+        for row in rows
+    ]
 
 
 def cmd_work(args: argparse.Namespace) -> int:
@@ -210,6 +293,29 @@ def cmd_work(args: argparse.Namespace) -> int:
         log.info("working on %s at %s", args.dsid, args.endpoint)
         done = driver.run(handler, lease=args.lease, max_jobs=args.max_jobs)
     log.info("ran %d job(s)", done)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the store answers ``GET /stats`` on its request socket."""
+    conn = Connection(
+        args.endpoint, token=args.token, server_key=args.server_key, timeout=args.timeout
+    )
+    try:
+        stats = conn.call("GET", "/stats")
+    except RequestFailed as exc:
+        if exc.status != 401 or args.token:
+            raise
+        # Without a token a store that checks macaroons refuses /stats, but the refusal
+        # comes from its serve loop after CURVE and decoding: it is up.
+        print(f"healthy: {args.endpoint} answers (401 without a token)")
+        return 0
+    finally:
+        conn.close()
+    print(
+        f"healthy: {args.endpoint} answers; {stats['records']} record(s), seq {stats['seq']}, "
+        f"storage {stats['lmdb']['fill']:.1%} of its ceiling"
+    )
     return 0
 
 
@@ -238,9 +344,17 @@ def _command_handler(command: str) -> Callable[[JobContext], Any]:
 def _callable(spec: str) -> Callable[[JobContext], Any]:
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise SystemExit(f"jobstore: --call wants module:function, got {spec!r}")
-    func: Callable[[JobContext], Any] = getattr(importlib.import_module(module), name)
-    return func
+        raise ConfigError(f"--call wants module:function, got {spec!r}")
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f"--call {spec}: cannot import {module} ({exc}); is it on PYTHONPATH (or installed)?"
+        ) from None
+    func = getattr(loaded, name, None)
+    if not callable(func):
+        raise ConfigError(f"--call {spec}: {module} has no function {name}")
+    return func  # type: ignore[no-any-return]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,7 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
         "configuration; 3 no answer in time. Try: jobstore serve --help",
     )
     parser.add_argument("--version", action="version", version=f"jobstore {__version__}")
-    parser.add_argument("--log-level", default=env_setting("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        type=log_level,
+        default=env_setting("LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (JOBSTORE_LOG_LEVEL; default INFO); "
+        "also accepted after the command",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve(sub)
 
@@ -310,20 +430,83 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_work)
 
+    p = sub.add_parser(
+        "health",
+        help="exit 0 if the store answers (the Docker image's HEALTHCHECK)",
+        description="Ask the store for GET /stats through its request socket. Exit 0 when it "
+        "answers with the statistics, or, without --token, with 401 (a store that checks "
+        "macaroons refuses /stats without one, after its serve loop has decoded the request: "
+        "it is up); 1 for any other error reply; 3 for no reply in time. Inside the Databox "
+        "image this uses the container's own ZMQ_PUBLIC_KEY and no token: the store's token "
+        "secret lives only in the serving process, and asking the arbiter for it again "
+        "would invalidate the store's tokens.",
+        epilog="example: jobstore health --endpoint tcp://127.0.0.1:5555",
+    )
+    p.add_argument(
+        "--endpoint",
+        type=endpoint,
+        default=env_setting("HEALTH_ENDPOINT", "tcp://127.0.0.1:5555"),
+        help="the store's request endpoint (JOBSTORE_HEALTH_ENDPOINT; default tcp://127.0.0.1:5555)",
+    )
+    p.add_argument(
+        "--server-key",
+        type=curve_key,
+        default=env_setting("SERVER_KEY", _secret_file("ZMQ_PUBLIC_KEY")),
+        help="the store's CURVE public key (JOBSTORE_SERVER_KEY, else "
+        "ZMQ_PUBLIC_KEY in JOBSTORE_SECRETS_DIR or /run/secrets)",
+    )
+    p.add_argument("--token", default=env_setting("TOKEN"), help="a token for GET /stats")
+    p.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the reply (default 5)"
+    )
+    p.set_defaults(func=cmd_health)
+
     add_admin(sub)
     add_watch(sub)
+    watch = sub.choices["watch"]
+    add_arbiter_flags(watch)
+    watch.set_defaults(func=cmd_watch)
     add_fake_arbiter(sub)
+    for command in sub.choices.values():
+        # SUPPRESS: given only before the command, the top-level value stays.
+        command.add_argument("--log-level", type=log_level, default=argparse.SUPPRESS)
     return parser
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """``watch``, with tokens from the arbiter when --arbiter is given.
+
+    A whole datasource is watched as its driver (path /*); --client as that app
+    (/DSID/* with its client caveat). The subscribe needs the caveats of a GET of the
+    watched jobs, observe = data included: the GET token covers it (a token without
+    an observe caveat is broader), so the view asks the arbiter for GET and POST tokens.
+    """
+    path = f"/{args.dsid}/*" if args.client else "/*"
+    args.token = _token(args, path, args.client)
+    return run_watch_command(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
         result: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return result
+    except BrokenPipeError:
+        # The reader stopped reading (`jobstore jobs ... | head`): not an error worth a word.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except zmq.ZMQError as exc:
+        print(
+            f"jobstore: ZeroMQ refused the configuration ({exc.strerror}): check the endpoints "
+            "(tcp://HOST:PORT or ipc:///PATH) and CURVE keys (40 characters of Z85)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     except RequestFailed as exc:
         print(f"jobstore: the store answered {exc.status}: {exc.message}", file=sys.stderr)
         return EXIT_FAILED

@@ -37,6 +37,7 @@ LMDB read and write.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import struct
@@ -53,6 +54,8 @@ from . import records
 from .errors import ConfigError, StorageFull
 from .records import Job
 from .states import TERMINAL, Status
+
+log = logging.getLogger(__name__)
 
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
@@ -181,6 +184,33 @@ def check_data_file(path: Path) -> None:
         )
 
 
+def make_data_dir(path: Path) -> None:
+    """Create the data directory (mode 0700); an existing one keeps its mode, with a warning if open."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the data directory {path}: {exc.strerror}; create it, or "
+            "choose a --data-dir in a directory this user can write"
+        ) from None
+    if not path.is_dir():
+        raise ConfigError(
+            f"the data directory {path} is a file, not a directory: choose another "
+            "--data-dir, or move the file away"
+        )
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning(
+            "the data directory %s is open to other users (mode %o); jobs may hold private "
+            "data: chmod 700 it",
+            path,
+            mode,
+        )
+
+
 class DataDirLock:
     """An exclusive lock on a data directory for one serving process (``DIR/jobstore.lock``).
 
@@ -190,9 +220,16 @@ class DataDirLock:
 
     def __init__(self, path: str | os.PathLike[str], holder: str) -> None:
         directory = Path(path)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = directory / LOCK_FILE
-        self._file: IO[str] = self.path.open("a+")
+        if not directory.is_dir():
+            make_data_dir(directory)
+        try:
+            self._file: IO[str] = self.path.open("a+")
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot open the data directory {directory}: cannot write {self.path} "
+                f"({exc.strerror}); it must be a directory this user can read and write"
+            ) from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -228,25 +265,33 @@ class Storage:
         readonly: bool = False,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
-        """Open (creating, mode 0700, unless ``readonly``) the data directory at ``path``.
+        """Open the data directory at ``path``; unless ``readonly``, create it (mode 0700) if missing.
 
+        An existing directory keeps its mode (it may be a volume another user owns, such
+        as Docker's /database); one that others can read is logged as a warning.
         ``cache_bytes`` bounds the records kept decoded (see :meth:`remember`).
         """
         self.path = Path(path)
         if not readonly:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.path.chmod(0o700)
+            make_data_dir(self.path)
         check_data_file(self.path)
         self.max_map_size = max(max_map_size, 1 << 16)
-        self.env = lmdb.open(
-            str(self.path),
-            map_size=min(map_size, self.max_map_size),
-            max_dbs=8,
-            sync=True,
-            metasync=True,
-            lock=True,
-            readonly=readonly,
-        )
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=min(map_size, self.max_map_size),
+                max_dbs=8,
+                sync=True,
+                metasync=True,
+                lock=True,
+                readonly=readonly,
+            )
+        except lmdb.Error as exc:
+            reason = str(exc).removeprefix(f"{self.path}: ")  # lmdb names the path too
+            raise ConfigError(
+                f"cannot open the data directory {self.path}: {reason}; it must be a directory "
+                "this user can read and write"
+            ) from None
         self._page_size = int(self.env.stat()["psize"])
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (_identity(self.path), _identity(self.path / DATA_FILE))

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
 from .client import Driver, JobClient, Record, notify_endpoint_for
 from .errors import ClientError, ConfigError, RequestFailed, Timeout
-from .watchstate import DISPLAY_ORDER, WatchState
+from .watchstate import DISPLAY_ORDER, WatchState, label
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -194,7 +194,7 @@ class _PlainView:
         self._out, self._label = out, label
 
     def draw(self, state: WatchState, problem: str | None) -> None:
-        counts = "  ".join(f"{name} {n}" for name, n in state.counts.items()) or "no jobs"
+        counts = "  ".join(f"{label(name)} {n}" for name, n in state.counts.items()) or "no jobs"
         changes, finished = state.rates()
         line = (
             f"{_now_text()} {self._label}  {counts} | {changes:.1f} changes/s "
@@ -278,7 +278,7 @@ class _LiveView:
         names = [*DISPLAY_ORDER, *(n for n in counts if n not in DISPLAY_ORDER)]
         for _ in names:
             grid.add_column(justify="right")
-        grid.add_row(*(Text(n, style=STATUS_STYLES.get(n, "")) for n in names))
+        grid.add_row(*(Text(label(n), style=STATUS_STYLES.get(n, "")) for n in names))
         grid.add_row(*(str(counts.get(n, 0)) for n in names))
         changes, finished = state.rates()
         parts += [
@@ -320,7 +320,7 @@ class _LiveView:
                 _ms_text(change.updated),
                 change.job,
                 change.client,
-                Text(change.status, style=STATUS_STYLES.get(change.status, "")),
+                Text(change.label, style=STATUS_STYLES.get(change.status, "")),
             )
         parts += [Text(), recent]
         return Group(*parts)

@@ -29,6 +29,13 @@ DISPLAY_ORDER = tuple(
 )
 FINISHED = frozenset(s.value for s in TERMINAL)
 BUCKETS = 20  # a throughput window is this many buckets, rates move a bucket at a time
+# What the views call a status: an accepted job is one a driver is running.
+LABELS = {Status.ACCEPTED.value: "running"}
+
+
+def label(status: str) -> str:
+    """A status as the views name it (``accepted`` is ``running``)."""
+    return LABELS.get(status, status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,18 @@ class Change:
     client: str
     status: str
     updated: int  # ms since the epoch, by the store's clock
+    cancel_requested: bool = False
+    progress: tuple[float, float] | None = None  # (done, total) of a running job
+
+    @property
+    def label(self) -> str:
+        """The status as the views show it: ``running 3/10, cancel requested``."""
+        text = label(self.status)
+        if self.progress:
+            text += f" {self.progress[0]:g}/{self.progress[1]:g}"
+        if self.cancel_requested and self.status == Status.ACCEPTED:
+            text += ", cancel requested"
+        return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +145,23 @@ class WatchState:
             self._progress.pop(key, None)
         else:
             self._progress[key] = Progress(key[1], key[0], *progress, seq)
-        self._recent.append(Change(seq, key[1], key[0], status, record["updated"]))
+        if old == status:
+            # A progress report or a cancel request of a running job: one updating line per
+            # job in the recent changes, not a line per report.
+            self._drop_recent(key)
+        cancel = bool(record.get("cancel_requested"))
+        self._recent.append(
+            Change(seq, key[1], key[0], status, record["updated"], cancel, progress)
+        )
         if seq > self.baseline_seq:
             self._tick(finished)
+
+    def _drop_recent(self, key: tuple[str, str]) -> None:
+        for i in range(len(self._recent) - 1, -1, -1):  # newest first: the job's last line
+            change = self._recent[i]
+            if (change.client, change.job) == key:
+                del self._recent[i]
+                return
 
     def _bucket(self) -> int:
         return math.floor(self._clock() / self._width)
@@ -201,6 +234,7 @@ class WatchState:
                     "client": c.client,
                     "status": c.status,
                     "updated": c.updated,
+                    "cancel_requested": c.cancel_requested,
                 }
                 for c in self.recent[:limit]
             ],
