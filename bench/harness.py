@@ -44,6 +44,9 @@ class Phase:
     rate: float | None = None
     deadline: float = 120.0  # seconds for the whole phase, submits and outcomes
     served: bool = True  # False: submit to a queue no driver serves, and measure submits only
+    # Home load: one job at a time (submit, wait for its outcome, sleep ``pause`` seconds),
+    # with random GUID job ids as Databox clients send. None: the batch phases above.
+    pause: float | None = None
 
 
 @dataclass
@@ -59,6 +62,7 @@ class PhaseResult:
     e2e_s: float = 0.0  # first submit sent -> last outcome known to the client
     latencies_ms: list[float] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in the phase
+    io: dict[str, float] = field(default_factory=dict)  # what was written in the phase (IoMeter)
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -75,15 +79,9 @@ class PhaseResult:
             "p99_ms": percentile(self.latencies_ms, 99),
             "max_ms": max(self.latencies_ms) if self.latencies_ms else None,
             "cpu_ms_per_job": {
-                name: round(1000 * seconds / self.jobs, 4)
-                for name, seconds in self.cpu_s.items()
-                if name != "server_write"
+                name: round(1000 * seconds / self.jobs, 4) for name, seconds in self.cpu_s.items()
             },
-            "server_write_kb_per_job": (
-                round(self.cpu_s["server_write"] / 1024 / self.jobs, 2)
-                if "server_write" in self.cpu_s
-                else None
-            ),
+            **io_figures(self.io, self.jobs),
         }
         if self.error:
             out["error"] = self.error
@@ -219,23 +217,140 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def written_bytes(pid: int | None) -> float | None:
-    """Bytes ``pid`` has caused to be written to storage (write_bytes of /proc/PID/io)."""
+def syscall_written(pid: int | None) -> int | None:
+    """Bytes ``pid`` passed to write-type system calls (``wchar`` of /proc/PID/io), all threads.
+
+    Not ``write_bytes``: on kernels with large page-cache folios that counts the whole folio
+    a small write dirties (a 4 kB page plus fdatasync on an 11 MB file reads as about 2 MB).
+    ``wchar`` counts write, pwrite and writev calls on any file, sockets and eventfds
+    included, but not send/sendmsg (which ZeroMQ uses for TCP).
+    """
     if pid is None:
         return None
     try:
         for line in Path(f"/proc/{pid}/io").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key == "write_bytes":
-                return float(value)
+            if key == "wchar":
+                return int(value)
     except OSError:
         pass
     return None
 
 
+def block_device(path: Path) -> str | None:
+    """The /proc/diskstats name of the block device holding ``path`` (e.g. ``vda``, ``sda2``).
+
+    Found by the device number of ``path`` (its major:minor appears in /proc/diskstats for
+    disks, partitions and device-mapper volumes); None when the filesystem has no single
+    block device (tmpfs, overlay, btrfs), and then no device figure is reported.
+    """
+    try:
+        dev = path.resolve().stat().st_dev
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            parts = line.split()
+            if (int(parts[0]), int(parts[1])) == (os.major(dev), os.minor(dev)):
+                return parts[2]
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def device_written(device: str | None) -> int | None:
+    """Bytes written to ``device`` since boot, machine-wide: sectors written (the 10th column
+    of /proc/diskstats, always in 512-byte units) times 512."""
+    if device is None:
+        return None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            parts = line.split()
+            if parts[2] == device:
+                return int(parts[9]) * 512
+    return None
+
+
+def device_idle_rate(device: str | None, seconds: float) -> float | None:
+    """Bytes/s written to ``device`` while this benchmark runs nothing: the machine's own
+    background (other processes, writeback), to judge the device figures against."""
+    first = device_written(device)
+    time.sleep(seconds)
+    last = device_written(device)
+    if first is None or last is None:
+        return None
+    return round((last - first) / seconds, 1)
+
+
+def lmdb_commits(data_dir: str | None) -> tuple[int, int] | None:
+    """(last committed transaction id, page size) of the LMDB environment in ``data_dir``.
+
+    Read from the meta pages by a read-only, lock-free open (no reader slot, nothing
+    written); the difference of two ids is the number of write transactions committed.
+    """
+    if data_dir is None:
+        return None
+    import lmdb  # only the jobstore systems need it
+
+    try:
+        env = lmdb.open(data_dir, readonly=True, lock=False, max_dbs=0)
+    except lmdb.Error:
+        return None
+    try:
+        return int(env.info()["last_txnid"]), int(env.stat()["psize"])
+    finally:
+        env.close()
+
+
+class IoMeter:
+    """What was written between two moments: bytes to the data's block device (machine-wide),
+    bytes the server passed to write calls, and LMDB commits (jobstore only)."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        self.device: str | None = endpoints.get("device")
+        self.pid: int | None = endpoints.get("server_pid")
+        self.data_dir: str | None = endpoints.get("data_dir")
+        self.started = time.monotonic()
+        self.first = self._now()
+
+    def _now(self) -> tuple[int | None, int | None, tuple[int, int] | None]:
+        return (
+            device_written(self.device),
+            syscall_written(self.pid),
+            lmdb_commits(self.data_dir),
+        )
+
+    def used(self) -> dict[str, float]:
+        device, wchar, txn = self._now()
+        out: dict[str, float] = {"seconds": round(time.monotonic() - self.started, 3)}
+        if device is not None and self.first[0] is not None:
+            out["device_bytes"] = device - self.first[0]
+        if wchar is not None and self.first[1] is not None:
+            out["server_wchar"] = wchar - self.first[1]
+        if txn is not None and self.first[2] is not None:
+            out["commits"] = txn[0] - self.first[2][0]
+            out["page_size"] = txn[1]
+        return out
+
+
+def io_figures(io: dict[str, float], jobs: int) -> dict[str, float | None]:
+    """Per-job write figures of one phase (see bench/README.md for what each one counts)."""
+
+    def per_job_kb(key: str) -> float | None:
+        return round(io[key] / 1024 / jobs, 2) if key in io and jobs else None
+
+    commits = io.get("commits")
+    pages = None
+    if commits and "server_wchar" in io and io.get("page_size"):
+        pages = round(io["server_wchar"] / io["page_size"] / commits, 2)
+    return {
+        "io_seconds": io.get("seconds"),
+        "device_kb_per_job": per_job_kb("device_bytes"),
+        "wchar_kb_per_job": per_job_kb("server_wchar"),
+        "commits_per_job": round(commits / jobs, 3) if commits is not None and jobs else None,
+        "lmdb_pages_per_commit": pages,
+    }
+
+
 class CpuMeter:
-    """CPU seconds used by the server, the driver and this (client) process between two moments,
-    and the bytes the server wrote to disk (``server_write``)."""
+    """CPU seconds used by the server, the driver and this (client) process between two moments."""
 
     def __init__(self, endpoints: Endpoints) -> None:
         self.pids = {"server": endpoints.get("server_pid"), "driver": endpoints.get("driver_pid")}
@@ -244,7 +359,6 @@ class CpuMeter:
     def _now(self) -> dict[str, float | None]:
         now = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         now["client"] = time.process_time()
-        now["server_write"] = written_bytes(self.pids["server"])
         return now
 
     def used(self) -> dict[str, float]:
@@ -354,9 +468,11 @@ def client_main(
             raise RuntimeError(board.error or "the outcome reader did not get ready")
         _warm_up(side, board)
         for phase in phases:
+            io = IoMeter(endpoints)
             meter = CpuMeter(endpoints)
             result = _run_phase(side, board, phase)
             result.cpu_s = meter.used()
+            result.io = io.used()
             out.append(result)
     except Exception as exc:
         out.append(PhaseResult("error", 0, None, error=f"{type(exc).__name__}: {exc}"))
@@ -381,7 +497,38 @@ def _warm_up(side: ClientSide, board: Board) -> None:
     raise RuntimeError(board.error or f"no {WARMUP_JOBS} outcomes in a row in warm-up")
 
 
+def _run_one_at_a_time(side: ClientSide, board: Board, phase: Phase) -> PhaseResult:
+    """Home load: submit one job (a uuid4 id), wait for its outcome, sleep ``phase.pause``.
+
+    Latency is from the submit being sent to the outcome being known to the client.
+    """
+    assert phase.pause is not None
+    result = PhaseResult(phase.name, phase.jobs, phase.rate)
+    first = time.monotonic()
+    deadline = first + phase.deadline
+    last = first
+    for i in range(phase.jobs):
+        job = str(uuid.uuid4())
+        board.expect([job])
+        sent = time.monotonic()
+        side.submit(job, make_request(i))
+        side.flush()
+        if not board.wait(deadline):
+            result.error = board.error or f"job {i + 1} of {phase.jobs} had no outcome in time"
+            break
+        known, ok = board.done[job]
+        result.done += 1
+        result.failed += not ok
+        result.latencies_ms.append(round((known - sent) * 1000, 3))
+        last = known
+        time.sleep(phase.pause)
+    result.e2e_s = last - first
+    return result
+
+
 def _run_phase(side: ClientSide, board: Board, phase: Phase) -> PhaseResult:
+    if phase.pause is not None:
+        return _run_one_at_a_time(side, board, phase)
     tag = uuid.uuid4().hex[:8]
     jobs = [f"{phase.name}-{tag}-{i}" for i in range(phase.jobs)]
     requests = [make_request(i) for i in range(phase.jobs)]

@@ -75,7 +75,61 @@ P99_100 = phase_value("open-100", "p99_ms")
 P50_500 = phase_value("open-500", "p50_ms")
 P99_500 = phase_value("open-500", "p99_ms")
 ACHIEVED_500 = phase_value("open-500", "e2e_jobs_s")
-WRITTEN = phase_value("throughput", "server_write_kb_per_job")
+DEVICE = phase_value("throughput", "device_kb_per_job")
+WCHAR = phase_value("throughput", "wchar_kb_per_job")
+COMMITS = phase_value("throughput", "commits_per_job")
+PAGES = phase_value("throughput", "lmdb_pages_per_commit")
+# Runs before the device figures reported /proc/PID/io write_bytes, which large page-cache
+# folios inflate (README.md): shown only for those, and labelled so.
+FOLIO_INFLATED = phase_value("throughput", "server_write_kb_per_job")
+
+HOME_BASELINE = "home-beanstalkd-durable"
+HOME_NATIVE = "home-jobstore-native"
+HOME_ZEST = "home-jobstore-zest"
+
+
+def home_cpu(line: Line) -> float | None:
+    value = line.get("phases", {}).get("home", {}).get("cpu_ms_per_job", {}).get("server")
+    return None if value is None else float(value)
+
+
+def home_idle_kb(line: Line) -> float | None:
+    """The machine's background device writes over the phase, per job, from the idle window."""
+    phase = line.get("phases", {}).get("home", {})
+    rate, seconds, jobs = (
+        line.get("device_idle_bytes_s"),
+        phase.get("io_seconds"),
+        phase.get("jobs"),
+    )
+    if rate is None or not seconds or not jobs:
+        return None
+    return float(rate) * float(seconds) / 1024 / int(jobs)
+
+
+HOME_P50 = phase_value("home", "p50_ms")
+HOME_P99 = phase_value("home", "p99_ms")
+HOME_DEVICE = phase_value("home", "device_kb_per_job")
+HOME_WCHAR = phase_value("home", "wchar_kb_per_job")
+HOME_COMMITS = phase_value("home", "commits_per_job")
+HOME_PAGES = phase_value("home", "lmdb_pages_per_commit")
+HOME_RATE = phase_value("home", "e2e_jobs_s")
+HOME_COLUMNS: list[tuple[str, Metric, str]] = [
+    ("server CPU ms/job", home_cpu, "{:.3f}"),
+    ("p50 ms", HOME_P50, "{:.2f}"),
+    ("p99 ms", HOME_P99, "{:.2f}"),
+    ("device kB/job", HOME_DEVICE, "{:.1f}"),
+    ("idle device kB/job", home_idle_kb, "{:.1f}"),
+    ("wchar kB/job", HOME_WCHAR, "{:.1f}"),
+    ("commits/job", HOME_COMMITS, "{:.2f}"),
+    ("LMDB pages/commit", HOME_PAGES, "{:.1f}"),
+    ("jobs/s", HOME_RATE, "{:.0f}"),
+]
+HOME_TARGETS: list[tuple[str, Metric, float]] = [
+    ("server CPU per job", home_cpu, 2.0),
+    ("p50 latency, submit → outcome known", HOME_P50, 1.5),
+    ("p99 latency", HOME_P99, 2.0),
+    ("bytes written to the device per job", HOME_DEVICE, 3.0),
+]
 
 COLUMNS: list[tuple[str, Metric, str]] = [
     ("submit jobs/s", SUBMIT, "{:.0f}"),
@@ -147,8 +201,57 @@ def render(figures: Figures) -> str:
             f"{figures.end.get('loadavg', '?')}; the whole benchmark took "
             f"{figures.end.get('seconds', '?')} s.",
         ]
-    out += ["", "## Every system", ""]
-    systems = [s for s in figures.systems if not s.startswith("ceiling-")]
+    systems = [s for s in figures.systems if not s.startswith(("ceiling-", "home-"))]
+    if systems:
+        out += batch_tables(figures, systems)
+    if any(s.startswith("home-") for s in figures.systems):
+        out += home_tables(figures)
+    out.append("")
+    return "\n".join(out)
+
+
+def home_tables(figures: Figures) -> list[str]:
+    """The home-load phase: per-system figures, then ratios against durable beanstalkd."""
+    meta = figures.meta
+    homes = [s for s in figures.systems if s.startswith("home-")]
+    out = ["", "## Home load: one job at a time", ""]
+    out.append(
+        f"{meta.get('home_jobs', '?')} jobs per run, one at a time (submit, outcome known by "
+        f"notification, {1000 * float(meta.get('home_pause_s') or 0):.0f} ms pause), uuid4 job "
+        f"ids, jobstore prefilled with {meta.get('home_stored', '?'):,} finished jobs. "
+        f"Device bytes are machine-wide writes to {meta.get('device', '?')}; 'idle device' is "
+        "what the machine wrote with nothing of the benchmark running, measured just before, "
+        "scaled to the phase's length: the noise floor of the device column."
+    )
+    out += ["", "| system | " + " | ".join(n for n, _, _ in HOME_COLUMNS) + " |"]
+    out.append("|---|" + "---:|" * len(HOME_COLUMNS))
+    for system in homes:
+        cells = [spread(figures.values(system, metric), fmt) for _, metric, fmt in HOME_COLUMNS]
+        out.append(f"| {system} | " + " | ".join(cells) + " |")
+    out += ["", f"### Ratios against {HOME_BASELINE} in the same run, and the targets", ""]
+    out.append("| per job | " + " | ".join(s for s in homes if s != HOME_BASELINE) + " | target |")
+    out.append("|---|" + "---:|" * (len(homes) - 1) + "---:|")
+    for text, metric, limit in HOME_TARGETS:
+        cells = []
+        for system in homes:
+            if system == HOME_BASELINE:
+                continue
+            ratios = figures.ratios(system, metric, HOME_BASELINE, metric)
+            met = ratios and statistics.median(ratios) <= limit
+            mark = "" if not ratios or system != HOME_NATIVE else (" ✓" if met else " ✗")
+            cells.append(spread(ratios, "{:.2f}") + mark)
+        out.append(f"| {text} | " + " | ".join(cells) + f" | ≤ {limit:g}x |")
+    out += [
+        "",
+        "✓/✗: the median ratio of jobstore-native meets the issue's target or not. "
+        "jobstore-zest (REQ submits, Zest observe) has no target of its own here.",
+    ]
+    return out
+
+
+def batch_tables(figures: Figures, systems: list[str]) -> list[str]:
+    """The batch phases (throughput, open loop, submit-only), the ceilings and the targets."""
+    out = ["", "## Every system", ""]
     out.append("| system | " + " | ".join(name for name, _, _ in COLUMNS) + " |")
     out.append("|---|" + "---:|" * len(COLUMNS))
     for system in systems:
@@ -176,12 +279,24 @@ def render(figures: Figures) -> str:
         "CPU seconds each process used during the phase, over the jobs: the server (for RQ, "
         "Redis), the driver (for RQ, the worker) and the client (its reader thread included)."
     )
-    out.append("The last column is what the server wrote to disk per job (/proc/PID/io).")
-    out += ["", "| system | server | driver | client | server writes, kB/job |"]
-    out.append("|---|---:|---:|---:|---:|")
+    out.append(
+        "Then what was written per job: kB to the block device (machine-wide, /proc/diskstats), "
+        "kB the server passed to write calls (wchar of /proc/PID/io), and for jobstore LMDB "
+        "commits per job and pages written per commit (README.md says how each is measured)."
+    )
+    written: list[tuple[str, Metric, str]] = [
+        ("device kB/job", DEVICE, "{:.1f}"),
+        ("wchar kB/job", WCHAR, "{:.1f}"),
+        ("commits/job", COMMITS, "{:.3f}"),
+        ("LMDB pages/commit", PAGES, "{:.1f}"),
+    ]
+    if any(figures.values(system, FOLIO_INFLATED) for system in systems):
+        written.append(("write_bytes kB/job (folio-inflated)", FOLIO_INFLATED, "{:.1f}"))
+    head = ["server", "driver", "client", *(name for name, _, _ in written)]
+    out += ["", "| system | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for system in systems:
         cells = [spread(figures.values(system, cpu_per_job(who)), "{:.3f}") for who in WHO]
-        cells.append(spread(figures.values(system, WRITTEN), "{:.1f}"))
+        cells += [spread(figures.values(system, metric), fmt) for _, metric, fmt in written]
         out.append(f"| {system} | " + " | ".join(cells) + " |")
 
     out += ["", "## Server memory at the end of each run (MB)", ""]
@@ -206,8 +321,7 @@ def render(figures: Figures) -> str:
     for text, values, ok in targets(figures):
         verdict = "-" if not values else ("yes" if ok(statistics.median(values)) else "**no**")
         out.append(f"| {text} | {spread(values, '{:.2f}')} | {verdict} |")
-    out.append("")
-    return "\n".join(out)
+    return out
 
 
 def targets(figures: Figures) -> list[tuple[str, list[float], Callable[[float], bool]]]:
@@ -216,6 +330,11 @@ def targets(figures: Figures) -> list[tuple[str, list[float], Callable[[float], 
             f"end-to-end throughput ≥ 6x {BASELINE}",
             figures.ratios(NATIVE, E2E, BASELINE, E2E),
             lambda v: v >= 6,
+        ),
+        (
+            f"jobstore-zest end-to-end throughput ≥ 1x {BASELINE}",
+            figures.ratios("jobstore-zest", E2E, BASELINE, E2E),
+            lambda v: v >= 1,
         ),
         (
             "pipelined submit throughput ≥ 0.30x the group-commit ceiling (submit-only phase)",
@@ -256,7 +375,9 @@ def chart(figures: Figures, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    systems = [s for s in figures.systems if not s.startswith("ceiling-")]
+    systems = [s for s in figures.systems if not s.startswith(("ceiling-", "home-"))]
+    if not systems:
+        return
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
     panels: list[tuple[Any, str, list[tuple[str, Metric]], list[tuple[str, Metric]]]] = [
         (

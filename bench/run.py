@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py --quick    # smoke: 1 run, about a minute
     .venv/bin/python bench/run.py --million  # also jobstore with 1,000,000 jobs stored
     .venv/bin/python bench/run.py --profile  # also py-spy the store under the native workload
+    .venv/bin/python bench/run.py --home     # only the home-load phase (one job at a time)
 
 Writes bench/results/runs.jsonl (one JSON line per system and run), results.md and
 chart.png. See bench/README.md for the workload and how to read the figures.
@@ -64,6 +65,8 @@ from systems.rq_redis import RedisServer  # noqa: E402
 
 MILLION = 1_000_000
 MILLION_MAP_SIZE = 8 << 30
+HOME_MAP_SIZE = 1 << 30
+IDLE_WINDOW_S = 3.0  # the machine's background writes are sampled this long before each home run
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -89,8 +92,21 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--keep-data", action="store_true", help="leave the data directories behind")
     p.add_argument("--src", type=Path, help="benchmark the jobstore package under this src/ dir")
+    p.add_argument(
+        "--home", action="store_true", help="only the home-load phase (one job at a time)"
+    )
+    p.add_argument("--no-home", action="store_true", help="skip the home-load phase")
+    p.add_argument("--home-jobs", type=int, help="jobs per home-load phase (default 1000)")
+    p.add_argument("--home-pause", type=float, default=0.02, help="seconds between home-load jobs")
+    p.add_argument(
+        "--home-stored",
+        type=int,
+        default=50_000,
+        help="finished jobs (uuid4 ids) in the store before the home-load phase",
+    )
     args = p.parse_args(argv)
     quick = args.quick
+    args.home_jobs = args.home_jobs or (150 if quick else 1000)
     args.runs = args.runs or (1 if quick else 3)
     args.jobs = args.jobs or (1000 if quick else 6000)
     args.open_100 = args.open_100 or (3.0 if quick else 10.0)
@@ -119,17 +135,45 @@ def phases(args: argparse.Namespace, scale: float = 1.0) -> list[Phase]:
     ]
 
 
+def home_phase(args: argparse.Namespace) -> Phase:
+    deadline = args.home_jobs * (args.home_pause + 0.5) + 60
+    return Phase("home", args.home_jobs, None, deadline=deadline, pause=args.home_pause)
+
+
+def home_systems() -> list[System]:
+    """The systems of the home-load comparison; jobstore's start on a copy of a prefilled store."""
+    out: list[System] = [JobstoreServer(), ZestServer(), BeanstalkServer(durable=True)]
+    for system in out:
+        system.name = f"home-{system.name}"
+    return out
+
+
 def measure(
-    system: System, workdir: Path, args: argparse.Namespace, run: int, out: Path
+    system: System,
+    workdir: Path,
+    args: argparse.Namespace,
+    run: int,
+    out: Path,
+    work: list[Phase] | None = None,
+    idle_window: float = 0.0,
 ) -> dict[str, Any]:
-    """Start ``system``, run the workload against it, stop it; log and return the line."""
+    """Start ``system``, run the workload against it, stop it; log and return the line.
+
+    ``work`` defaults to the batch phases. With ``idle_window``, the device's background
+    write rate is sampled that long first, with nothing of the benchmark running.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     line: dict[str, Any] = {"kind": "result", "run": run, "system": system.name}
+    device = harness.block_device(workdir)
     try:
+        if idle_window:
+            os.sync()  # flush what others left dirty now, not during the phase
+            line["device_idle_bytes_s"] = harness.device_idle_rate(device, idle_window)
         endpoints = system.start(workdir)
         endpoints["server_pid"] = system.pid
-        work = phases(args, system.jobs_scale)
+        endpoints["device"] = device
+        work = work or phases(args, system.jobs_scale)
         results = run_workload(system.module, endpoints, work, timeout=600.0)
         line["phases"] = {r["phase"]: harness_summary(r) for r in results}
         if system.pid is not None:
@@ -164,6 +208,13 @@ def brief(line: dict[str, Any]) -> str:
             parts.append(f"submit {figures['submit_jobs_s']}/s e2e {figures['e2e_jobs_s']}/s")
         elif phase == "submit-only":
             parts.append(f"submit-only {figures['submit_jobs_s']}/s")
+        elif phase == "home":
+            cpu = figures["cpu_ms_per_job"].get("server")
+            parts.append(
+                f"home p50 {figures['p50_ms']} p99 {figures['p99_ms']} ms, server CPU {cpu} "
+                f"ms/job, device {figures['device_kb_per_job']} kB/job, "
+                f"pages/commit {figures['lmdb_pages_per_commit']}"
+            )
         else:
             parts.append(f"{phase} p50 {figures['p50_ms']} p99 {figures['p99_ms']} ms")
     rss = line.get("server_memory_kb", {}).get("VmHWM")
@@ -210,6 +261,10 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
         "open_100_seconds": args.open_100,
         "open_500_seconds": args.open_500,
         "million": args.million,
+        "home_jobs": None if args.no_home else args.home_jobs,
+        "home_pause_s": args.home_pause,
+        "home_stored": args.home_stored,
+        "device": harness.block_device(args.data_root),
         "loadavg": round(os.getloadavg()[0], 2),
     }
 
@@ -223,11 +278,13 @@ def check_tools(systems: Sequence[System]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    systems = all_systems()
+    systems = [] if args.home else all_systems()
+    homes = [] if args.no_home else home_systems()
     if args.systems:
         wanted = set(args.systems.split(","))
         systems = [s for s in systems if s.name in wanted]
-    check_tools(systems)
+        homes = [s for s in homes if s.name in wanted or s.name.removeprefix("home-") in wanted]
+    check_tools([*systems, *homes])
     args.data_root.mkdir(parents=True, exist_ok=True)
     fs = harness.filesystem_type(args.data_root)
     if fs in ("tmpfs", "ramfs"):
@@ -246,19 +303,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             took = prefill(stored / "data", DSID, args.stored, MILLION_MAP_SIZE)
             size = sum(f.stat().st_size for f in (stored / "data").iterdir())
             print(f"  {took:.0f} s, data file {size / 2**20:.0f} MiB", flush=True)
+        template = session / "home-stored"
+        if homes:
+            print(f"pre-filling a store with {args.home_stored:,} finished jobs ...", flush=True)
+            prefill(template, DSID, args.home_stored, HOME_MAP_SIZE, guid_ids=True)
         for run in range(1, args.runs + 1):
-            for kind, name in (("echo", "ceiling-echo"), ("group-commit", "ceiling-group-commit")):
-                found = ceilings.measure(kind, args.ceiling_requests, session / f"run{run}")
-                line = {"kind": "result", "run": run, "system": name, **found}
-                log_line(lines, line)
-                print(brief(line), flush=True)
-            order = systems[run % len(systems) :] + systems[: run % len(systems)]
+            if systems:
+                for kind, name in (
+                    ("echo", "ceiling-echo"),
+                    ("group-commit", "ceiling-group-commit"),
+                ):
+                    found = ceilings.measure(kind, args.ceiling_requests, session / f"run{run}")
+                    line = {"kind": "result", "run": run, "system": name, **found}
+                    log_line(lines, line)
+                    print(brief(line), flush=True)
+            order = systems[run % len(systems) :] + systems[: run % len(systems)] if systems else []
             for system in order:
                 measure(system, session / f"run{run}" / system.name, args, run, lines)
             if stored is not None:
                 big = JobstoreServer(stored / "data", MILLION_MAP_SIZE)
                 big.name = "jobstore-native-1M"
                 measure(big, stored / f"run{run}", args, run, lines)
+            if homes:
+                home_run(homes, template, session / f"run{run}", args, run, lines)
         if args.profile:
             profile(args, session / "profile")
     finally:
@@ -270,6 +337,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report.write(lines, args.out)
     print(f"\n{text}\nresults in {args.out} after {time.monotonic() - started:.0f} s")
     return 0
+
+
+def home_run(
+    homes: list[System],
+    template: Path,
+    workdir: Path,
+    args: argparse.Namespace,
+    run: int,
+    out: Path,
+) -> None:
+    """One home-load phase per system, in an order that rotates with ``run``; each jobstore
+    starts on its own copy of the prefilled store, synced to disk before the idle window."""
+    order = homes[run % len(homes) :] + homes[: run % len(homes)]
+    for system in order:
+        where = workdir / system.name
+        if isinstance(system, JobstoreServer):
+            system.data_dir = where / "data"
+            shutil.copytree(template, system.data_dir)
+        measure(system, where, args, run, out, [home_phase(args)], idle_window=IDLE_WINDOW_S)
 
 
 def profile(args: argparse.Namespace, workdir: Path) -> None:

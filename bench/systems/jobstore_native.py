@@ -59,6 +59,7 @@ class JobstoreServer(System):
         wait_for_port(ports["request"], proc)
         wait_for_port(ports["notify"], proc)
         endpoints["dsid"] = DSID
+        endpoints["data_dir"] = str(data)  # for the LMDB commit count (harness.IoMeter)
         return endpoints
 
 

@@ -11,6 +11,7 @@ page through them but every index the driver and client touch is a million deep.
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 from harness import RESPONSE, make_request
@@ -24,8 +25,12 @@ BATCH = 50_000
 CLIENTS = 1000
 
 
-def prefill(data_dir: Path, dsid: str, jobs: int, map_size: int) -> float:
-    """Write ``jobs`` complete jobs into ``data_dir``; return the seconds it took."""
+def prefill(data_dir: Path, dsid: str, jobs: int, map_size: int, guid_ids: bool = False) -> float:
+    """Write ``jobs`` complete jobs into ``data_dir``; return the seconds it took.
+
+    Job ids are ``old-<seq>``, or with ``guid_ids`` random uuid4 strings, as Databox
+    clients send (they scatter over the ``jobs`` tree instead of filling its end).
+    """
     start = time.monotonic()
     storage = Storage(data_dir, map_size=map_size)
     try:
@@ -40,7 +45,7 @@ def prefill(data_dir: Path, dsid: str, jobs: int, map_size: int) -> float:
                     client = f"old-client-{i % CLIENTS}"
                     job = Job(
                         dsid,
-                        f"old-{seq}",
+                        str(uuid.uuid4()) if guid_ids else f"old-{seq}",
                         client,
                         make_request(i),
                         Status.COMPLETE,
