@@ -72,13 +72,14 @@ def build_value(fdp: atheris.FuzzedDataProvider, depth: int = 0) -> Any:
     if kind == 5:
         return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 16))
     if kind == 6:
-        return cbor2.CBORTag(fdp.ConsumeIntInRange(0, 70000), build_value(fdp, depth + 1))
-    if kind == 7:  # deep: around the 32-level limit
-        value: Any = build_value(fdp, depth + 1)
+        inner = build_value(fdp, depth + 1) if depth < 4 else 1
+        return cbor2.CBORTag(fdp.ConsumeIntInRange(0, 70000), inner)
+    if kind == 7 and depth == 0:  # deep: around the 32-level limit (once: cbor2.dumps of
+        value: Any = build_value(fdp, 9)  # 10,000 levels overflows the C stack)
         for _ in range(fdp.ConsumeIntInRange(28, 40)):
             value = [value] if fdp.ConsumeBool() else {"k": value}
         return value
-    if kind == 8:
+    if kind <= 8:
         return cbor2.undefined if fdp.ConsumeBool() else cbor2.CBORSimpleValue(99)
     if depth > 3:
         return 1

@@ -16,6 +16,8 @@ from jobstore.auth import Authoriser
 from jobstore.protocol import Reply, cbor, shown, zest
 from jobstore.protocol.cbor import decode_reply, encode_request
 from jobstore.records import Job
+from jobstore.server import ServerConfig
+from jobstore.service import Service
 from jobstore.states import Status
 from jobstore.storage import Storage
 
@@ -287,18 +289,46 @@ def test_a_reply_that_cannot_be_encoded_gets_500_and_the_store_serves_on(
     still_serving(sock)
 
 
-def test_an_unexpected_error_publishing_does_not_stop_the_store(
+def test_an_unexpected_error_outside_every_stage_leaves_the_store_serving(
     ctx: zmq.Context[Any], store: RunningStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sealer = store.server.sealer
-    monkeypatch.setattr(sealer, "messages", Once(sealer.messages))
+    srv = store.server
+    failing = Once(srv._timeout)
+    monkeypatch.setattr(srv, "_timeout", failing)
     sock = dealer(ctx, store)
-    for i in range(2):  # pipelined: a failed publish must not cost the replies after it
-        sock.send(encode_request("POST", "/ds/job/", {"job": f"j{i}", "client": "c1"}, id=i))
-    replies = [decode_reply(recv(sock)[-1]) for _ in range(2)]
-    assert sorted((r.id, r.status) for r in replies) == [(0, 201), (1, 201)]
-    assert sealer.messages.calls == 2  # type: ignore[attr-defined]
+    while failing.calls == 0:  # the loop may be asleep in its poll: wake it until it fails
+        still_serving(sock)
     still_serving(sock)
+    assert store.thread.is_alive()
+
+
+def test_an_unexpected_error_publishing_costs_no_reply_of_the_batch(
+    ctx: zmq.Context[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Driven by hand, so that both requests are surely in one batch.
+    endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("request", "observe", "notify")}
+    config = ServerConfig(**{f"{name}_endpoint": ep for name, ep in endpoints.items()})
+    srv = server.Server(Service(Storage(tmp_path / "data")), config)
+    try:
+        monkeypatch.setattr(srv.sealer, "messages", Once(srv.sealer.messages))
+        sock = ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(endpoints["request"])
+        for i in range(2):
+            sock.send(encode_request("POST", "/ds/job/", {"job": f"j{i}", "client": "c1"}, id=i))
+        pending: list[Any] = []
+        while len(pending) < 2:
+            assert srv.request.poll(5000), "the requests did not arrive"
+            pending += srv._receive()
+        srv._run_batch(pending, server.now_ms())
+        replies = [decode_reply(recv(sock)[-1]) for _ in range(2)]
+        assert sorted((r.id, r.status) for r in replies) == [(0, 201), (1, 201)]
+        assert srv.sealer.messages.calls == 2  # type: ignore[attr-defined]
+    finally:
+        for closing in (srv.request, srv.observe, srv.notify):
+            closing.close(linger=0)
+        srv.ctx.term()
+        srv.service.storage.close()
 
 
 def test_encode_falls_back_to_a_500_for_a_body_no_codec_can_carry() -> None:
