@@ -160,7 +160,7 @@ def one_input(data: bytes) -> None:
     check_replies(request, outcome)
     for change in [*expired, *outcome.changes]:
         key = (change.job.dsid, change.job.job)
-        if FINISHED.get(key, -1) >= NOW[0] - SERVICE.limits.retention_ms:
+        if key in FINISHED and FINISHED[key] >= NOW[0] - SERVICE.limits.retention_ms:
             raise AssertionError(f"terminal job {key} changed")
         if change.job.status in TERMINAL:
             FINISHED[key] = NOW[0]
