@@ -1,10 +1,13 @@
+import json
+from typing import Any
+
 import cbor2
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobstore.errors import ProtocolError
-from jobstore.protocol import Reply, Request
+from jobstore.errors import BadRequest, ProtocolError
+from jobstore.protocol import Reply, Request, zest
 from jobstore.protocol.cbor import (
     decode_reply,
     decode_request,
@@ -14,6 +17,9 @@ from jobstore.protocol.cbor import (
     is_native,
     jobs_body,
 )
+from jobstore.validation import check_plain
+
+from .hostile import HOSTILE, HUGE, NOT_JSON, TRAILING
 
 plain = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text() | st.binary(),
@@ -127,3 +133,27 @@ def test_head_of_an_array_starts_its_encoding(n: int) -> None:
 def test_head_refuses_what_cbor_cannot_hold() -> None:
     with pytest.raises(ValueError, match="does not fit"):
         head(0, 2**64)
+
+
+@given(
+    st.sampled_from(["method", "path", "token", "body", "id", "other"]) | HUGE,
+    HUGE | NOT_JSON | HOSTILE,
+    TRAILING,
+)
+@settings(max_examples=300)
+def test_hostile_values_anywhere_in_a_frame_give_a_request_or_a_protocol_error(
+    key: Any, value: Any, tail: bytes
+) -> None:
+    message = {"method": "POST", "path": "/ds/job/", "id": 1, key: value}
+    try:
+        request = decode_request(cbor2.dumps(message) + tail)
+    except ProtocolError as exc:
+        assert exc.message and len(exc.message) < 400
+        return
+    assert not tail
+    try:
+        check_plain("body", request.body)
+    except BadRequest as exc:
+        assert exc.message.startswith("body") and len(exc.message) < 400
+    else:
+        json.loads(zest.encode_json(request.body))  # what is accepted can be sent back as JSON

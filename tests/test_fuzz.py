@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import Any
 
+import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,9 +15,14 @@ from jobstore.service import Limits, Service
 from jobstore.states import TERMINAL, TRANSITIONS, Status
 from jobstore.storage import Storage
 
+from .hostile import HOSTILE, HUGE, NOT_JSON, TRAILING, assert_every_reply_encodes, json_text
+
 NAMES = st.sampled_from(["j1", "j2", "j3", "c1", "c2", "ds", "d2", "", "a b", "x" * 130, "server"])
-VALUES = (
-    st.none() | st.booleans() | st.integers(-5, 2**64) | st.text(max_size=8) | st.binary(max_size=8)
+VALUES = st.one_of(
+    st.none() | st.booleans() | st.integers(-5, 2**64) | st.text(max_size=8),
+    st.lists(st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False), max_size=3),
+    NOT_JSON,
+    HOSTILE,
 )
 BODY_KEYS = st.sampled_from(
     [
@@ -113,7 +118,32 @@ OPERATIONS = st.one_of(
         st.integers(0, 9),
     ),
 )
-REQUESTS = st.one_of(OPERATIONS, OPERATIONS, OPERATIONS, RANDOM)
+# Well-formed requests with one body field (or an extra key) holding a hostile value.
+FIELDS = [
+    ("GET", "/ds/job/", {"client": "c1"}, ["since", "limit", "client", "job"]),
+    ("GET", "/server/ds/job/", {}, ["status", "client", "since", "limit"]),
+    ("POST", "/server/ds/job/take", {}, ["max", "lease", "wait"]),
+    ("POST", "/server/ds/job/accept", {"job": "j1"}, ["lease", "job"]),
+    ("POST", "/server/ds/job/status", {"job": "j1", "status": "accepted"}, ["status", "lease"]),
+    (
+        "POST",
+        "/server/ds/job/status",
+        {"job": "j1", "status": "complete"},
+        ["response", "progress"],
+    ),
+    ("POST", "/ds/job/", {"job": "j1", "client": "c1"}, ["request", "job", "client"]),
+    ("POST", "/ds/job/cancel", {"job": "j1", "client": "c1"}, ["job", "client"]),
+    ("POST", "/sub/ds/job", {}, ["client"]),
+    ("POST", "/cat", {"href": "h", "item-metadata": []}, ["href", "item-metadata"]),
+]
+ONE_BAD_FIELD = st.sampled_from(FIELDS).flatmap(
+    lambda target: st.builds(
+        lambda key, value: Request(target[0], target[1], body={**target[2], key: value}, id=1),
+        st.sampled_from(target[3]) | HUGE | st.just("x"),
+        HUGE | NOT_JSON | HOSTILE,
+    )
+)
+REQUESTS = st.one_of(OPERATIONS, OPERATIONS, OPERATIONS, RANDOM, ONE_BAD_FIELD)
 ALLOWED = {(source, target) for (source, _), target in TRANSITIONS.items()}
 STATUS_CODES = {200, 201, 400, 403, 404, 405, 409, 413, 429, 500, 507}
 
@@ -129,6 +159,7 @@ def run(batches: list[tuple[int, list[Request]]]) -> None:
                 now += step
                 expired, outcomes = service.handle_batch(requests, now, mono=now)
                 assert len(outcomes) == len(requests)
+                assert_every_reply_encodes(requests, outcomes)
                 changes = list(expired)
                 for request, outcome in zip(requests, outcomes, strict=True):
                     assert (outcome.reply is None) == (outcome.wait is not None)
@@ -168,14 +199,17 @@ def test_random_request_sequences_keep_every_invariant(
     run(batches)
 
 
-def as_frame(request: Request, use_zest: bool) -> bytes:
-    if not use_zest:
-        return cbor.encode_request(request.method, request.path, request.body, id=request.id)
-    try:
-        payload = json.dumps(request.body).encode() if request.body is not None else b""
-    except TypeError:
-        payload = b""
-    return zest.encode_request(request.method, request.path, body=payload)
+def as_frame(request: Request, codec: str, tail: bytes) -> bytes:
+    """The request as a native frame (``tail`` after its map), or Zest with a JSON or CBOR body."""
+    if codec == "native":
+        return cbor.encode_request(request.method, request.path, request.body, id=request.id) + tail
+    if codec == "zest-cbor":
+        payload = b"" if request.body is None else cbor2.dumps(request.body) + tail
+        fmt = zest.FORMAT_CBOR
+    else:
+        payload = b"" if request.body is None else json_text(request.body)
+        fmt = zest.FORMAT_JSON
+    return zest.encode_request(request.method, request.path, body=payload, content_format=fmt)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,7 +217,8 @@ def as_frame(request: Request, use_zest: bool) -> bytes:
     st.lists(
         st.tuples(
             REQUESTS,
-            st.booleans(),
+            st.sampled_from(["native", "zest-json", "zest-cbor"]),
+            TRAILING,
             st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3),
         ),
         min_size=1,
@@ -191,12 +226,12 @@ def as_frame(request: Request, use_zest: bool) -> bytes:
     )
 )
 def test_mutated_frames_of_both_codecs_keep_every_invariant(
-    items: list[tuple[Request, bool, list[tuple[int, int]]]],
+    items: list[tuple[Request, str, bytes, list[tuple[int, int]]]],
 ) -> None:
     requests: list[Request] = []
-    for request, use_zest, flips in items:
+    for request, codec, tail, flips in items:
         try:
-            frame = bytearray(as_frame(request, use_zest))
+            frame = bytearray(as_frame(request, codec, tail))
         except ValueError:
             continue  # the encoder refuses what no frame can carry (an over-long path)
         for index, byte in flips:

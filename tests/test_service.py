@@ -370,7 +370,7 @@ def test_each_change_names_the_previous_seq_on_each_topic(h: Harness) -> None:
         ("GET", "/nowhere", None, 404, "no such path"),
         ("DELETE", "/ds/job/", None, 405, "use POST or GET"),
         ("GET", "/ds/job/cancel/x/y/z", None, 404, "no such path"),
-        ("POST", "/server/job/", {"job": "j", "client": "c"}, 404, "no such path"),
+        ("POST", "/server/job/", {"job": "j", "client": "c"}, 400, "dsid 'server' is reserved"),
         ("POST", "/bad name/job/", {"job": "j", "client": "c"}, 400, "dsid"),
         ("POST", "/ds/job/", "text", 400, "body must be a map"),
         ("POST", "/ds/job/", {"client": "c"}, 400, "missing 'job'"),

@@ -11,8 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jobstore.errors import ProtocolError
+from jobstore.errors import BadRequest, ProtocolError
 from jobstore.protocol import Reply, Request, zest
+from jobstore.validation import check_plain
+
+from .hostile import HOSTILE, TRAILING, json_text
 
 
 def raw_frame(
@@ -369,3 +372,22 @@ def test_mutated_valid_frames_decode_or_raise_protocol_error(
         else:
             mutated[at:at] = data.draw(st.binary(min_size=1, max_size=4))
     decode_or_protocol_error(bytes(mutated))
+
+
+@given(HOSTILE, st.sampled_from([zest.FORMAT_JSON, zest.FORMAT_CBOR]), TRAILING)
+def test_hostile_bodies_give_a_request_or_a_protocol_error_and_accepted_ones_encode_as_json(
+    body: Any, fmt: int, tail: bytes
+) -> None:
+    payload = (json_text(body) if fmt == zest.FORMAT_JSON else cbor2.dumps(body)) + tail
+    frame = zest.encode_request("POST", "/ds/job/", body=payload, content_format=fmt)
+    try:
+        request = zest.decode_request(frame)
+    except ProtocolError as exc:
+        assert exc.message and len(exc.message) < 400
+        return
+    try:
+        check_plain("request", request.body)
+    except BadRequest as exc:
+        assert exc.message.startswith("request") and len(exc.message) < 400
+    else:
+        json.loads(zest.encode_json(request.body))

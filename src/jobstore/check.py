@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import cbor2
+
 from . import records
 from .errors import ConfigError
+from .protocol import zest
 from .storage import (
     EMPTY_VALUED,
     FORMAT,
@@ -38,6 +41,21 @@ def check(path: str | Path) -> tuple[int, list[str]]:
         storage.close()
 
 
+def _unencodable(job: records.Job) -> list[str]:
+    """Why the store could not send ``job`` back, on each codec it cannot (an older version
+    stored values, such as NaN, that are refused at write today)."""
+    wire, found = job.wire(), []
+    for codec, encode in (("CBOR", cbor2.dumps), ("JSON", zest.encode_json)):
+        try:
+            encode(wire)
+        except Exception as exc:
+            found.append(
+                f"job {job.dsid}/{job.job} cannot be sent as {codec} ({exc}): every read of it "
+                "in that format gets 500; cancel or finish it, or let retention purge it"
+            )
+    return found
+
+
 def _check(txn: Txn) -> tuple[int, list[str]]:
     problems: list[str] = []
     counter = txn.seq()
@@ -58,6 +76,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
             problems.append(
                 f"record {bytes(key)!r} is stored under the wrong key for {job.dsid}/{job.job}"
             )
+        problems += _unencodable(job)
         seqs[job.seq] += 1
         if job.seq > counter:
             problems.append(

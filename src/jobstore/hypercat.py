@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import BadRequest
+from .validation import check_plain
 
 CATALOGUE_METADATA = [
     {"rel": "urn:X-hypercat:rels:isContentType", "val": "application/vnd.hypercat.catalogue+json"},
@@ -40,6 +41,7 @@ def check_item(item: Any) -> dict[str, Any]:
     missing = [rel for rel in REQUIRED_RELS if rel not in terms]
     if missing:
         raise BadRequest(f"hypercat item-metadata needs a rel with {' and '.join(missing)}")
+    check_plain("item", item)  # GET /cat must be able to send it back as JSON
     return item
 
 

@@ -6,10 +6,8 @@ send -> publish. Everything it publishes was committed first.
 
 from __future__ import annotations
 
-import base64
 import heapq
 import itertools
-import json
 import logging
 import signal
 import threading
@@ -18,11 +16,10 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import zmq
 
-from .engine import Observe, Outcome, Wait, mono_ms
+from .engine import Observe, Outcome, Wait, error_reply, mono_ms
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
@@ -35,6 +32,10 @@ DEFAULT_OBSERVE = "tcp://0.0.0.0:5556"
 DEFAULT_NOTIFY = "tcp://0.0.0.0:5557"
 ZEST_CODES = frozenset({0x01, 0x02, 0x04})
 TICK_MS = 200  # longest sleep, so a signal or stop() is noticed promptly
+INTERNAL = (
+    "internal error in the store while answering this request; it has been logged, please "
+    "report it (the store goes on serving)"
+)
 _MORE = zmq.SNDMORE | zmq.NOBLOCK
 # Room above --max-frame on the request socket, so a frame a little too large gets a 413
 # saying so; ZeroMQ disconnects a peer whose frame is larger still, before holding it.
@@ -170,12 +171,15 @@ class Server:
         poller.register(self.observe, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                timeout = self._timeout()
-                if timeout and not poller.poll(timeout):
-                    self._run_batch([], now_ms())
-                    continue
-                self._drain_observe()
-                self._run_batch(self._receive(), now_ms())
+                try:
+                    timeout = self._timeout()
+                    if timeout and not poller.poll(timeout):
+                        self._run_batch([], now_ms())
+                        continue
+                    self._drain_observe()
+                    self._run_batch(self._receive(), now_ms())
+                except Exception:  # the last net: the stages below answer their own failures
+                    log.exception("unexpected error in the serve loop; serving on")
             self._shutdown()
         finally:
             for sock in (self.request, self.observe, self.notify):
@@ -291,16 +295,19 @@ class Server:
         except JobstoreError as exc:
             self._refuse(msg, exc)
             return None
+        except Exception:  # a codec bug must cost this request, not the store
+            log.exception("unexpected error decoding a request frame")
+            self._refuse(msg, JobstoreError(INTERNAL))
+            return None
 
     def _refuse(self, msg: list[bytes], exc: JobstoreError) -> None:
         """Answer a request that never reached the service, in the codec it arrived in."""
         envelope, frame = msg[:-1], msg[-1]
         reply = Reply(exc.status, exc.body, exc.message, getattr(exc, "id", None))
+        bare = None
         if frame and frame[0] in ZEST_CODES:
             bare = Request("POST", "/", content_format=zest.FORMAT_TEXT)
-            self._send(self.request, [*envelope, zest.encode_reply(reply, bare)])
-        else:
-            self._send(self.request, [*envelope, cbor.encode_reply(reply)])
+        self._send(self.request, [*envelope, encode(reply, bare)])
 
     def _run_batch(self, pending: list[_Pending], now: int) -> None:
         self.service.transport.update(
@@ -329,7 +336,14 @@ class Server:
             return [item.request for item in unparked]
 
         requests = [p.request for p in pending]
-        expired, outcomes = self.service.handle_batch(requests, now, wake, mono)
+        try:
+            expired, outcomes = self.service.handle_batch(requests, now, wake, mono)
+        except Exception:  # the engine answers its own errors; this is a bug it did not expect
+            log.exception("unexpected error handling a batch of %d requests", len(pending))
+            failed = JobstoreError(INTERNAL)
+            for item in pending + woken:
+                self._reply(item, Outcome(error_reply(item.request, failed)))
+            return
         pending += woken
         self._update_subscriptions()
         self._publish(expired)
@@ -411,8 +425,7 @@ class Server:
         request = item.request
         if outcome.observe is not None:
             reply, request = self._observe(item, outcome.observe)
-        frame = zest.encode_reply(reply, request) if item.zest else cbor.encode_reply(reply)
-        self._send(self.request, [*item.envelope, frame])
+        self._send(self.request, [*item.envelope, encode(reply, request if item.zest else None)])
 
     def _observe(self, item: _Pending, observe: Observe) -> tuple[Reply, Request]:
         """Register a Zest observer (reply: its UUID), or refuse one past the caps with 429."""
@@ -477,10 +490,16 @@ class Server:
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
-            for message in self.sealer.messages(change, self._wanted):
-                self._send(self.notify, message)  # a PUB socket drops rather than blocks
-            if self._observers:
-                self._push(change)
+            try:
+                for message in self.sealer.messages(change, self._wanted):
+                    self._send(self.notify, message)  # a PUB socket drops rather than blocks
+                if self._observers:
+                    self._push(change)
+            except Exception:
+                # Subscribers catch up from their seq; the replies still to send must go out.
+                # A Zest push fails here for a record an older version stored with NaN & co.
+                job = change.job
+                log.exception("cannot publish the change of %s/%s", job.dsid, job.job)
 
     def _push(self, change: Change) -> None:
         job = change.job
@@ -527,22 +546,33 @@ class Server:
         self.service.storage.close()
 
 
+def encode(reply: Reply, request: Request | None) -> bytes:
+    """``reply`` as a frame: Zest answering ``request``, or native when ``request`` is None.
+
+    A reply that cannot be encoded (a record an older version stored with a value JSON
+    lacks) becomes a 500 for this request alone; the store goes on.
+    """
+    try:
+        return cbor.encode_reply(reply) if request is None else zest.encode_reply(reply, request)
+    except Exception:
+        codec = "native" if request is None else f"Zest format {request.content_format}"
+        log.exception("cannot encode a %d reply (%s)", reply.status, codec)
+        failed = Reply(500, error=UNENCODABLE, id=reply.id)
+        return cbor.encode_reply(failed) if request is None else zest.encode_reply(failed, request)
+
+
+UNENCODABLE = (
+    "the store cannot encode its reply to this request in this format (a record written by an "
+    "older version holds a value such as NaN that JSON lacks); run `jobstore check` on the "
+    "data directory and report it"
+)
+
+
 def zest_push_payload(change: Change) -> bytes:
     """The payload of a Zest observe push: ``<ms> <path> json <record as JSON>``."""
     job = change.job
     path = f"/{job.dsid}/job/{job.client}/{job.job}"
-    return f"{job.updated} {path} json ".encode() + json_bytes(change.wire)
-
-
-def json_bytes(value: Any) -> bytes:
-    """Compact JSON; bytes (which JSON lacks) become standard base64 text."""
-    return json.dumps(value, separators=(",", ":"), default=_json_default).encode()
-
-
-def _json_default(value: Any) -> str:
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
+    return f"{job.updated} {path} json ".encode() + zest.encode_json(change.wire)
 
 
 def describe(server: Server, auth_on: bool) -> list[str]:

@@ -352,9 +352,21 @@ def route(request: Request) -> tuple[Handler, list[str]]:
         raise MethodNotAllowed(
             f"{request.method} is not allowed on {path}; use {' or '.join(allowed)}"
         )
+    _refuse_reserved(segments)
     raise NotFound(
         f"no such path {path[:200]!r}; see docs/protocol.md for the paths this store serves"
     )
+
+
+def _refuse_reserved(segments: list[str]) -> None:
+    """Raise BadRequest when the path has a route's shape but a reserved word as its datasource."""
+    for shape, _ in ROUTES:
+        if len(shape) == len(segments) and all(
+            want in "DN#" or want == got for want, got in zip(shape, segments, strict=True)
+        ):
+            for want, got in zip(shape, segments, strict=True):
+                if want == "D":
+                    check_dsid(got)
 
 
 def _match(shape: tuple[str, ...], segments: list[str]) -> list[str] | None:

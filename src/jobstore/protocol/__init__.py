@@ -11,6 +11,36 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 METHODS = ("GET", "POST", "DELETE")
+_SHOWN_TYPES = (bool, float, type(None))
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: at most about ``limit`` characters, and never raises.
+
+    Values come from the wire, so nothing here may fail on them: Python refuses ``str()`` of an
+    integer of more than 4300 digits, and a container's repr can be huge or deeply recursive.
+    """
+    try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value.bit_length() > 64:
+                return f"an integer of {value.bit_length()} bits"
+            return str(value)
+        if isinstance(value, (str, bytes)):
+            text = repr(value[: limit + 1])
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+        if isinstance(value, _SHOWN_TYPES):
+            return repr(value)
+        if isinstance(value, (list, tuple)):
+            return f"an array of {_count(len(value), 'item')}"
+        if isinstance(value, dict):
+            return f"a map of {_count(len(value), 'entry', 'entries')}"
+        return f"a value of type {type(value).__name__}"
+    except Exception:  # a hostile __len__ or the like: say no more than the type
+        return f"a value of type {type(value).__name__}"
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 class Request(NamedTuple):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import cbor2
 
 from ..errors import ProtocolError
-from . import METHODS, Reply, Request
+from . import METHODS, Reply, Request, shown
 
 REQUEST_KEYS = frozenset({"method", "path", "token", "body", "id"})
+MAX_ID = (1 << 64) - 1  # an id is a CBOR unsigned integer (major type 0) or text
 _STATUS, _BODY, _ERROR, _ID, _JOBS = (
     cbor2.dumps(k) for k in ("status", "body", "error", "id", "jobs")
 )
@@ -37,15 +39,23 @@ def is_native(frame: bytes) -> bool:
 
 def decode_request(frame: bytes) -> Request:
     """Decode one request frame, or raise ProtocolError saying what is wrong with it."""
+    stream = io.BytesIO(frame)
     try:
-        msg = cbor2.loads(frame)
+        msg = cbor2.CBORDecoder(stream).decode()
     except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
         raise ProtocolError(f"request frame is not valid CBOR: {exc}") from None
     if not isinstance(msg, dict):
         raise ProtocolError(f"request frame must be a CBOR map, got {type(msg).__name__}")
+    extra = len(frame) - stream.tell()
+    if extra:
+        raise ProtocolError(
+            f"request frame has {extra} bytes after its CBOR map; send exactly one map per frame"
+        )
     rid = msg.get("id")
-    if rid is not None and not (isinstance(rid, str) or (isinstance(rid, int) and rid >= 0)):
-        raise ProtocolError(f"request id must be an unsigned integer or text, got {rid!r:.60}")
+    if rid is not None and not (isinstance(rid, str) or (type(rid) is int and 0 <= rid <= MAX_ID)):
+        raise ProtocolError(
+            f"request id must be an unsigned integer (below 2^64) or text, got {shown(rid)}"
+        )
     try:
         return _fields(msg, rid)
     except ProtocolError as exc:
@@ -57,14 +67,14 @@ def _fields(msg: dict[Any, Any], rid: int | str | None) -> Request:
     unknown = [k for k in msg if k not in REQUEST_KEYS]
     if unknown:
         raise ProtocolError(
-            f"request has unknown key {unknown[0]!r:.60}; allowed keys are method, path, token, body, id"
+            f"request has unknown key {shown(unknown[0])}; allowed keys are method, path, token, body, id"
         )
     method = msg.get("method")
     if method not in METHODS:
-        raise ProtocolError(f"request method must be one of GET, POST, DELETE, got {method!r:.60}")
+        raise ProtocolError(f"request method must be one of GET, POST, DELETE, got {shown(method)}")
     path = msg.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
-        raise ProtocolError(f"request path must be text starting with '/', got {path!r:.60}")
+        raise ProtocolError(f"request path must be text starting with '/', got {shown(path)}")
     token = msg.get("token")
     if isinstance(token, bytes):
         try:

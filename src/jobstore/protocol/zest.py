@@ -29,6 +29,7 @@ Where neither zestdb nor the contract decides, this codec chooses:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import struct
@@ -364,5 +365,25 @@ def _encode_body(body: Any, fmt: int) -> bytes:
     if fmt == FORMAT_BINARY and isinstance(body, (bytes, bytearray, memoryview)):
         return bytes(body)
     if fmt in FORMAT_NAMES:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        return encode_json(body)
     raise ValueError(f"content_format {fmt} is not one jobstore can encode")
+
+
+def encode_json(value: Any) -> bytes:
+    """Compact, strict JSON, or ValueError saying why ``value`` cannot be sent as JSON.
+
+    Bytes, which records written by older versions may hold, become standard base64 text.
+    NaN, infinities, tags and the like raise: the store refuses them at write.
+    """
+    try:
+        return json.dumps(
+            value, separators=(",", ":"), default=_json_default, allow_nan=False
+        ).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ValueError(f"cannot be sent as JSON: {exc}") from None
+
+
+def _json_default(value: Any) -> str:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
