@@ -4,13 +4,16 @@ The app submits jobs all at once and watches them to their outcome; the driver
 reads a (pretend) sensor per job, reports progress and honours cancel. Run both
 against `make run`:  python examples/aio_pair.py sensor-jobs
 or one side only, paired with examples/app.py or examples/driver.py:  --role app|driver
+Ctrl-C hands the job the driver is running back to the queue (retrying) and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
+import sys
 
 from jobstore.aio import Driver, JobCancelled, JobClient, JobContext
 
@@ -77,4 +80,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    # The driver says in one line when the store is away and back, and what Ctrl-C did.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        sys.exit(130)  # Driver.run has handed back the job it was running, and said so

@@ -1,12 +1,15 @@
 """A driver that reads a (pretend) sensor per job, reports progress and honours cancel.
 
 Run against `make run`:  python examples/driver.py sensor-jobs
+Ctrl-C hands the job it is running back to the queue (retrying) and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
+import sys
 import time
 
 from jobstore.client import Driver, JobCancelled, JobContext
@@ -30,8 +33,13 @@ def main() -> None:
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:5555")
     parser.add_argument("--max-jobs", type=int)
     args = parser.parse_args()
-    with Driver(args.endpoint, args.dsid) as driver:
-        print(f"ran {driver.run(read_sensor, max_jobs=args.max_jobs)} job(s)")
+    # The driver says in one line when the store is away and back, and what Ctrl-C did.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        with Driver(args.endpoint, args.dsid) as driver:
+            print(f"ran {driver.run(read_sensor, max_jobs=args.max_jobs)} job(s)")
+    except KeyboardInterrupt:
+        sys.exit(130)  # Driver.run has handed back the job it was running, and said so
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ from .calls import (
     ForbidJob,
     JobCancelled,
     JobContext,
+    Outage,
     Record,
     RetryJob,
+    SetupError,
     Subscription,
     Token,
     WatchCursor,
@@ -43,6 +45,7 @@ from .calls import (
     no_reply,
     notify_endpoint_for,
     secure,
+    store_unavailable,
     token_for,
 )
 from .errors import ClientError, ProtocolError, RequestFailed
@@ -57,6 +60,7 @@ __all__ = [
     "JobClient",
     "JobContext",
     "RetryJob",
+    "SetupError",
     "Watch",
 ]
 
@@ -147,14 +151,26 @@ class Connection:
             if not answer.done():
                 answer.set_exception(ClientError(why))
 
-    async def close(self) -> None:
-        """Close the socket; calls still waiting for a reply raise ClientError."""
-        self._closed = True
+    async def reconnect(self) -> None:
+        """Replace the socket, dropping requests still queued for a store that is away: ZeroMQ
+        would deliver them when it comes back, a take among them handing a job to nobody.
+        Calls still waiting get no reply and time out."""
+        await self._stop_reader()
+        self.socket.close()
+        self.socket = self.new_socket(zmq.DEALER)
+        self.socket.connect(self.endpoint)
+
+    async def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None
         # A reader left in another (finished) event loop cannot be touched from this one.
         if reader is not None and reader.get_loop() is asyncio.get_running_loop():
             reader.cancel()
             await asyncio.wait({reader})
+
+    async def close(self) -> None:
+        """Close the socket; calls still waiting for a reply raise ClientError."""
+        self._closed = True
+        await self._stop_reader()
         self._fail_pending(f"the client of {self.endpoint} was closed while a call waited")
         self.socket.close()
 
@@ -352,6 +368,7 @@ class Driver:
         self.dsid = dsid
         self.notify_endpoint = notify_endpoint
         self._requests = DriverRequests(dsid)
+        self._outage = Outage()
 
     async def __aenter__(self) -> Driver:
         return self
@@ -448,46 +465,151 @@ class Driver:
         ``handler`` is an ``async def handler(ctx)``, or a plain function, which runs
         in a thread (so it may block). Its return value completes the job; an
         exception fails it with the error text in ``response`` (JobCancelled,
-        RetryJob and ForbidJob report those outcomes). The lease is renewed while
-        the handler runs, so an async handler must not block the event loop; and
+        RetryJob and ForbidJob report those outcomes; SetupError hands the job back
+        and ends ``run`` by raising it). The lease is renewed while the handler
+        runs, so an async handler must not block the event loop; and
         ``ctx.cancel_requested`` turns true when the client cancels. ``stop`` is
-        checked between jobs, at least every ``wait`` ms. Returns the number of
-        jobs run.
+        checked between jobs, at least every ``wait`` ms. While the store does not
+        answer, ``run`` logs it once and tries again with backoff (a job's outcome
+        too, until the store takes it or ``stop`` is set). When the task running
+        ``run`` is cancelled (as ``asyncio.run`` does on Ctrl-C), the job in hand is
+        handed back (``retrying``) before the cancellation goes on. Returns the
+        number of jobs run.
         """
         stop = stop or asyncio.Event()
         done = 0
         while not stop.is_set() and (max_jobs is None or done < max_jobs):
-            for record in await self.take(1, lease=lease, wait=wait):
-                await self._run_one(handler, JobContext(record), lease)
+            try:
+                records = await self.take(1, lease=lease, wait=wait)
+            except ClientError as exc:
+                if not store_unavailable(exc):
+                    raise
+                await _wait(stop, await self._store_away(exc))
+                continue
+            except asyncio.CancelledError:
+                log.info("cancelled while waiting for a job: no job to hand back")
+                raise
+            self._store_back()
+            for record in records:
+                await self._run_one(handler, JobContext(record), lease, stop)
                 done += 1
         return done
 
+    async def _store_away(self, exc: ClientError) -> float:
+        """Log the start of an outage, drop what is queued, and say how long to wait."""
+        delay, message = self._outage.failed(exc)
+        if message is not None:
+            log.warning(message)
+        await self.conn.reconnect()
+        return delay
+
+    def _store_back(self) -> None:
+        message = self._outage.answered()
+        if message is not None:
+            log.warning(message)
+
     async def _run_one(
-        self, handler: Callable[[JobContext], Any], ctx: JobContext, lease: int
+        self, handler: Callable[[JobContext], Any], ctx: JobContext, lease: int, stop: asyncio.Event
     ) -> None:
         work = asyncio.create_task(_outcome(handler, ctx), name=f"job-{ctx.id}")
         renew_every = max(lease / 3000, 0.05)
         next_renew = time.monotonic() + renew_every
+        setup: SetupError | None = None
         try:
             while not work.done():
                 await asyncio.wait({work}, timeout=0.05)
                 progress = ctx._pop_progress()
-                if progress is not None or time.monotonic() >= next_renew:
+                # Progress goes at once, but not while the store is away: then only when due.
+                if time.monotonic() < next_renew and (progress is None or self._outage.down):
+                    ctx._restore_progress(progress)
+                    continue
+                try:
                     renewal = await self.report(ctx.id, "accepted", progress=progress, lease=lease)
-                    ctx._renewed(renewal)
-                    next_renew = time.monotonic() + renew_every
-            status, response = work.result()
-            await self.report(ctx.id, status, response=response)
+                except ClientError as exc:
+                    if not store_unavailable(exc):
+                        raise
+                    ctx._restore_progress(progress)
+                    next_renew = time.monotonic() + await self._store_away(exc)
+                    continue
+                self._store_back()
+                ctx._renewed(renewal)
+                next_renew = time.monotonic() + renew_every
+            status, response, setup = work.result()
+            await self._report_outcome(ctx.id, status, response, stop)
         except RequestFailed as exc:
             if exc.status != 409:
                 raise
             log.warning("job %s changed under the driver and was not reported: %s", ctx.id, exc)
+        except asyncio.CancelledError:
+            await self._cancelled(ctx, work)
+            raise
         finally:
             # The job is no longer this driver's to run (or run() was cancelled): stop the handler.
             work.cancel()
+        if setup is not None:
+            raise setup
+
+    async def _report_outcome(
+        self, job: str, status: str, response: Any, stop: asyncio.Event
+    ) -> None:
+        """Report how a job ended, again and again while the store is away, until it answers."""
+        while True:
+            try:
+                await self.report(job, status, response=response)
+            except ClientError as exc:
+                if not store_unavailable(exc):
+                    raise
+                if await _wait(stop, await self._store_away(exc)):
+                    log.warning(
+                        "job %s ended %s, but the driver was stopped before the store answered "
+                        "again: it goes back to the queue when its lease runs out",
+                        job,
+                        status,
+                    )
+                    return
+                continue
+            self._store_back()
+            return
+
+    async def _cancelled(self, ctx: JobContext, work: asyncio.Task[Outcome]) -> None:
+        """Report a job in hand when ``run`` is cancelled: its outcome if the handler has
+        finished, else hand it back; one try, and one line to say which."""
+        if work.done() and not work.cancelled():
+            status, response, _ = work.result()
+        else:
+            status, response = "retrying", "the driver was cancelled"
+        try:
+            await self.report(ctx.id, status, response=response)
+        except ClientError as exc:
+            log.warning(
+                "cancelled: job %s could not be reported %s (%s); it goes back to the queue "
+                "when its lease runs out",
+                ctx.id,
+                status,
+                exc,
+            )
+            return
+        if status == "retrying":
+            log.info("cancelled: job %s handed back to the queue (retrying)", ctx.id)
+        else:
+            log.info("cancelled: job %s reported %s", ctx.id, status)
 
 
-async def _outcome(handler: Callable[[JobContext], Any], ctx: JobContext) -> tuple[str, Any]:
+# What a handler's run comes to: the status and response to report, and a SetupError to raise.
+Outcome = tuple[str, Any, SetupError | None]
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` or until ``stop`` is set; whether it is set."""
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+    return stop.is_set()
+
+
+async def _outcome(handler: Callable[[JobContext], Any], ctx: JobContext) -> Outcome:
     """Run the handler and say what to report: ``complete`` with its result, or per its error."""
     try:
         if inspect.iscoroutinefunction(handler):
@@ -497,9 +619,11 @@ async def _outcome(handler: Callable[[JobContext], Any], ctx: JobContext) -> tup
             # A callable object or a lambda may still hand back a coroutine to run here.
             if inspect.isawaitable(response):
                 response = await response
-        return "complete", response
+        return "complete", response, None
     except Exception as exc:
         status, response = handler_outcome(exc)
+        if isinstance(exc, SetupError):
+            return status, response, exc
         if status == "failed":
             log.exception("job %s failed", ctx.id)
-        return status, response
+        return status, response, None

@@ -5,6 +5,7 @@ decisions, and what a driver reports for a handler's outcome. No event loop, no 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import stat
 import tempfile
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from .errors import ClientError, JobstoreError, Timeout
+from .errors import ClientError, JobstoreError, RequestFailed, Timeout
 from .hypercat import job_datasource_item
 from .records import check_name
 
@@ -289,6 +290,73 @@ class WatchCursor:
         return wait
 
 
+# How a driver waits while the store does not answer: doubling from FIRST_RETRY to MAX_RETRY s.
+FIRST_RETRY = 0.1
+MAX_RETRY = 5.0
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a failed call means the store is away (no reply, or shutting down: 503), so a
+    driver should wait and try again rather than stop."""
+    return isinstance(exc, Timeout) or (isinstance(exc, RequestFailed) and exc.status == 503)
+
+
+class Outage:
+    """A driver's decisions while its store does not answer, without sockets or sleeping.
+
+    ``failed`` gives the seconds to wait before trying again: doubling from ``first``
+    to ``cap``, each with jitter (between half and all of it, so drivers that lost the
+    same store do not all come back in step). It gives a line to log on the first
+    failure only, and ``answered`` gives one when the store answers again, so an outage
+    is logged once however long it lasts. ``clock`` and ``jitter`` are injected for tests.
+    """
+
+    def __init__(
+        self,
+        first: float = FIRST_RETRY,
+        cap: float = MAX_RETRY,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.first, self.cap = first, cap
+        self._clock, self._jitter = clock, jitter
+        self._failures = 0
+        self._since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        """True from a failure until the store answers again."""
+        return self._since is not None
+
+    def failed(self, error: ClientError) -> tuple[float, str | None]:
+        """Seconds to wait before the next try, and the line to log if this failure starts an outage."""
+        delay = min(self.cap, self.first * 2 ** min(self._failures, 32))
+        self._failures += 1
+        message = None
+        if self._since is None:
+            self._since = self._clock()
+            message = (
+                f"the store does not answer ({error.message}); "
+                f"trying again every {self.first:g} to {self.cap:g} s until it does"
+            )
+        return delay * (0.5 + self._jitter() / 2), message
+
+    def answered(self) -> str | None:
+        """The store answered: the line to log if that ends an outage."""
+        if self._since is None:
+            return None
+        lasted = self._clock() - self._since
+        self._since, self._failures = None, 0
+        return f"the store answers again, after {lasted:.1f} s"
+
+
+class SetupError(Exception):
+    """Raise from a handler when the driver itself cannot run jobs (a program that is not
+    there, a module that does not import): the job is not at fault, so ``Driver.run`` hands
+    it back (``retrying``) and raises this, rather than fail job after job."""
+
+
 class JobContext:
     """What a :meth:`Driver.run` handler sees of the job it is running."""
 
@@ -325,6 +393,12 @@ class JobContext:
             progress, self._progress = self._progress, None
         return progress
 
+    def _restore_progress(self, progress: Any) -> None:
+        """Put back progress that could not be sent, unless newer progress was set meanwhile."""
+        with self._lock:
+            if self._progress is None:
+                self._progress = progress
+
     def _renewed(self, record: Record) -> None:
         """Take in the record a renewal returned (for the driver's renewal loop)."""
         if record.get("cancel_requested"):
@@ -349,6 +423,8 @@ def handler_outcome(exc: Exception) -> tuple[str, Any]:
         return "cancelled", _error_text(exc) if str(exc) else None
     if isinstance(exc, RetryJob):
         return "retrying", _error_text(exc) if str(exc) else None
+    if isinstance(exc, SetupError):
+        return "retrying", {"error": f"the driver cannot run jobs: {exc}"}
     if isinstance(exc, ForbidJob):
         return "forbidden", {"error": _error_text(exc)}
     return "failed", {"error": _error_text(exc)}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -21,7 +23,15 @@ from . import __version__
 from .admin import add_cli as add_admin
 from .admin import add_serve, endpoint, env_setting
 from .arbiter import add_cli as add_fake_arbiter
-from .client import Connection, Driver, JobClient, JobContext, Token, load_or_create_client_id
+from .client import (
+    Connection,
+    Driver,
+    JobClient,
+    JobContext,
+    SetupError,
+    Token,
+    load_or_create_client_id,
+)
 from .databox import (
     DEFAULT_SECRETS_DIR,
     ArbiterTokens,
@@ -37,6 +47,7 @@ SECRETS_DIR = os.environ.get("JOBSTORE_SECRETS_DIR", DEFAULT_SECRETS_DIR)
 EXIT_FAILED = 1  # the store answered with an error
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3  # no answer in time
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (`jobs ... | head`)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -282,16 +293,26 @@ def _table(records: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    handler = _command_handler(args.exec) if args.exec else _callable(args.call)
+    command = _Command(args.exec) if args.exec else None
+    handler = command or _callable(args.call)
     token = _token(args, "/*")
-    with Driver(
-        args.endpoint, args.dsid, token, server_key=args.server_key, timeout=args.timeout
-    ) as driver:
-        if args.register:
-            driver.register(args.register)
-            log.info("registered %s in the store's hypercat catalogue", args.dsid)
-        log.info("working on %s at %s", args.dsid, args.endpoint)
-        done = driver.run(handler, lease=args.lease, max_jobs=args.max_jobs)
+    try:
+        with Driver(
+            args.endpoint, args.dsid, token, server_key=args.server_key, timeout=args.timeout
+        ) as driver:
+            if args.register:
+                driver.register(args.register)
+                log.info("registered %s in the store's hypercat catalogue", args.dsid)
+            log.info("working on %s at %s", args.dsid, args.endpoint)
+            done = driver.run(handler, lease=args.lease, max_jobs=args.max_jobs)
+    except SetupError as exc:
+        print(f"jobstore: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED  # Driver.run has said what became of the job in hand
+    finally:
+        if command is not None:
+            command.stop()
     log.info("ran %d job(s)", done)
     return 0
 
@@ -319,26 +340,59 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_handler(command: str) -> Callable[[JobContext], Any]:
-    def run(ctx: JobContext) -> Any:
-        env = {**os.environ, "JOBSTORE_JOB": ctx.id}
-        proc = subprocess.run(
-            command,
-            shell=True,
-            input=json.dumps(ctx.request),
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"exit status {proc.returncode}: {proc.stderr.strip()[-2000:]}")
-        try:
-            return json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            return proc.stdout
+# Exit statuses of `sh -c` for a command it could not run: not executable, not found.
+SHELL_CANNOT_RUN = {126: "not executable", 127: "not found"}
 
-    return run
+
+class _Command:
+    """``--exec``: a shell command per job, request JSON on stdin, stdout the response.
+
+    Each runs in a process group of its own, so that ``stop`` ends it with whatever it
+    started when the worker is interrupted (a Ctrl-C reaches only the worker, which hands
+    the job back first).
+    """
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self._running: subprocess.Popen[str] | None = None
+
+    def __call__(self, ctx: JobContext) -> Any:
+        proc = subprocess.Popen(
+            self.command,
+            shell=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "JOBSTORE_JOB": ctx.id},
+            start_new_session=True,
+        )
+        self._running = proc
+        try:
+            stdout, stderr = proc.communicate(json.dumps(ctx.request))
+        finally:
+            self._running = None
+        if proc.returncode in SHELL_CANNOT_RUN:
+            # The worker's fault, not the job's: failing it, and every job after it, helps nobody.
+            said = stderr.strip().splitlines()[-1:] or ["(nothing on stderr)"]
+            raise SetupError(
+                f"--exec {self.command!r} cannot run: exit status {proc.returncode}, "
+                f"{SHELL_CANNOT_RUN[proc.returncode]} ({said[0]}); fix the command and start "
+                f"the worker again (job {ctx.id} was handed back, nothing more was taken)"
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"exit status {proc.returncode}: {stderr.strip()[-2000:]}")
+        try:
+            return json.loads(stdout)
+        except json.JSONDecodeError:
+            return stdout
+
+    def stop(self) -> None:
+        """End the command running now, if any, and everything it started."""
+        proc = self._running
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.killpg(proc.pid, signal.SIGTERM)
 
 
 def _callable(spec: str) -> Callable[[JobContext], Any]:
@@ -520,4 +574,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"jobstore: {exc.message}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

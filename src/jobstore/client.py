@@ -24,8 +24,10 @@ from .calls import (
     ForbidJob,
     JobCancelled,
     JobContext,
+    Outage,
     Record,
     RetryJob,
+    SetupError,
     Token,
     WatchCursor,
     client_id,
@@ -35,9 +37,10 @@ from .calls import (
     no_reply,
     notify_endpoint_for,
     secure,
+    store_unavailable,
     token_for,
 )
-from .errors import RequestFailed
+from .errors import ClientError, RequestFailed
 from .notify import open_sealed
 from .protocol import cbor
 
@@ -52,6 +55,7 @@ __all__ = [
     "JobContext",
     "Record",
     "RetryJob",
+    "SetupError",
     "Token",
     "Watch",
     "load_or_create_client_id",
@@ -110,6 +114,13 @@ class Connection:
             if reply.status >= 400:
                 raise RequestFailed(reply.status, reply.error or "(no error text)", reply.body)
             return reply.body
+
+    def reconnect(self) -> None:
+        """Replace the socket, dropping requests still queued for a store that is away: ZeroMQ
+        would deliver them when it comes back, a take among them handing a job to nobody."""
+        self.socket.close()
+        self.socket = self.new_socket(zmq.DEALER)
+        self.socket.connect(self.endpoint)
 
     def close(self) -> None:
         self.socket.close()
@@ -291,6 +302,7 @@ class Driver:
         self.dsid = dsid
         self.notify_endpoint = notify_endpoint
         self._requests = DriverRequests(dsid)
+        self._outage = Outage()
 
     def __enter__(self) -> Driver:
         return self
@@ -381,19 +393,53 @@ class Driver:
 
         The handler's return value completes the job; an exception fails it with
         the error text in ``response`` (JobCancelled, RetryJob and ForbidJob
-        report those outcomes). The lease is renewed while the handler runs, and
-        ``ctx.cancel_requested`` turns true when the client cancels. Returns the
-        number of jobs run.
+        report those outcomes; SetupError hands the job back and ends ``run`` by
+        raising it). The lease is renewed while the handler runs, and
+        ``ctx.cancel_requested`` turns true when the client cancels. While the
+        store does not answer, ``run`` logs it once and tries again with backoff
+        (a job's outcome too, until the store takes it or ``stop`` is set). On
+        KeyboardInterrupt the job in hand is handed back (``retrying``) and the
+        interrupt goes on. Returns the number of jobs run.
         """
         stop = stop or threading.Event()
         done = 0
         while not stop.is_set() and (max_jobs is None or done < max_jobs):
-            for record in self.take(1, lease=lease, wait=wait):
-                self._run_one(handler, JobContext(record), lease)
+            try:
+                records = self.take(1, lease=lease, wait=wait)
+            except ClientError as exc:
+                if not store_unavailable(exc):
+                    raise
+                stop.wait(self._store_away(exc))
+                continue
+            except KeyboardInterrupt:
+                log.info("interrupted while waiting for a job: no job to hand back")
+                raise
+            self._store_back()
+            for record in records:
+                self._run_one(handler, JobContext(record), lease, stop)
                 done += 1
         return done
 
-    def _run_one(self, handler: Callable[[JobContext], Any], ctx: JobContext, lease: int) -> None:
+    def _store_away(self, exc: ClientError) -> float:
+        """Log the start of an outage, drop what is queued, and say how long to wait."""
+        delay, message = self._outage.failed(exc)
+        if message is not None:
+            log.warning(message)
+        self.conn.reconnect()
+        return delay
+
+    def _store_back(self) -> None:
+        message = self._outage.answered()
+        if message is not None:
+            log.warning(message)
+
+    def _run_one(
+        self,
+        handler: Callable[[JobContext], Any],
+        ctx: JobContext,
+        lease: int,
+        stop: threading.Event,
+    ) -> None:
         outcome: dict[str, Any] = {}
 
         def work() -> None:
@@ -402,7 +448,9 @@ class Driver:
                 outcome["status"] = "complete"
             except Exception as exc:
                 outcome["status"], outcome["response"] = handler_outcome(exc)
-                if outcome["status"] == "failed":
+                if isinstance(exc, SetupError):
+                    outcome["setup"] = exc
+                elif outcome["status"] == "failed":
                     log.exception("job %s failed", ctx.id)
 
         thread = threading.Thread(target=work, name=f"job-{ctx.id}", daemon=True)
@@ -413,11 +461,68 @@ class Driver:
             while thread.is_alive():
                 thread.join(0.05)
                 progress = ctx._pop_progress()
-                if progress is not None or time.monotonic() >= next_renew:
+                # Progress goes at once, but not while the store is away: then only when due.
+                if time.monotonic() < next_renew and (progress is None or self._outage.down):
+                    ctx._restore_progress(progress)
+                    continue
+                try:
                     ctx._renewed(self.report(ctx.id, "accepted", progress=progress, lease=lease))
-                    next_renew = time.monotonic() + renew_every
-            self.report(ctx.id, outcome["status"], response=outcome.get("response"))
+                except ClientError as exc:
+                    if not store_unavailable(exc):
+                        raise
+                    ctx._restore_progress(progress)
+                    next_renew = time.monotonic() + self._store_away(exc)
+                    continue
+                self._store_back()
+                next_renew = time.monotonic() + renew_every
+            self._report_outcome(ctx.id, outcome["status"], outcome.get("response"), stop)
         except RequestFailed as exc:
             if exc.status != 409:
                 raise
             log.warning("job %s changed under the driver and was not reported: %s", ctx.id, exc)
+        except KeyboardInterrupt:
+            self._interrupted(ctx, outcome)
+            raise
+        if "setup" in outcome:
+            raise outcome["setup"]
+
+    def _report_outcome(self, job: str, status: str, response: Any, stop: threading.Event) -> None:
+        """Report how a job ended, again and again while the store is away, until it answers."""
+        while True:
+            try:
+                self.report(job, status, response=response)
+            except ClientError as exc:
+                if not store_unavailable(exc):
+                    raise
+                if stop.wait(self._store_away(exc)):
+                    log.warning(
+                        "job %s ended %s, but the driver was stopped before the store answered "
+                        "again: it goes back to the queue when its lease runs out",
+                        job,
+                        status,
+                    )
+                    return
+                continue
+            self._store_back()
+            return
+
+    def _interrupted(self, ctx: JobContext, outcome: dict[str, Any]) -> None:
+        """Report a job in hand when the driver is interrupted: its outcome if the handler has
+        finished, else hand it back; one try, and one line to say which."""
+        status = outcome.get("status", "retrying")
+        response = outcome.get("response") if "status" in outcome else "the driver was interrupted"
+        try:
+            self.report(ctx.id, status, response=response)
+        except ClientError as exc:
+            log.warning(
+                "interrupted: job %s could not be reported %s (%s); it goes back to the queue "
+                "when its lease runs out",
+                ctx.id,
+                status,
+                exc,
+            )
+            return
+        if status == "retrying":
+            log.info("interrupted: job %s handed back to the queue (retrying)", ctx.id)
+        else:
+            log.info("interrupted: job %s reported %s", ctx.id, status)
