@@ -23,9 +23,10 @@ from pymacaroons import Macaroon
 
 from jobstore.arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter, fetch_store_secret
 from jobstore.auth import Authoriser
-from jobstore.calls import CLIENT_ID_BYTES, secure
 from jobstore.cli import main
 from jobstore.client import Driver, JobClient, load_or_create_client_id, new_client_id
+from jobstore.client.ids import CLIENT_ID_BYTES
+from jobstore.client.sockets import secure
 from jobstore.databox import ArbiterTokens
 from jobstore.errors import ClientError, ProtocolError, RequestFailed
 from jobstore.notify import open_sealed

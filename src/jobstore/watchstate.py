@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .calls import Record
+from .client.requests import Record
 from .states import TERMINAL, Status
 
 # Queue first, then running, then the ways a job ends.
