@@ -16,16 +16,16 @@ import pytest
 import zmq
 from pymacaroons import Macaroon
 
-from jobstore.arbiter import (
+from jobstore.databox.arbiter import (
     EXAMPLE_PUBLIC_KEY,
     FakeArbiter,
     add_cli,
     fetch_store_secret,
     request_token,
 )
-from jobstore.auth import Authoriser
 from jobstore.errors import Unauthorized, Unavailable
 from jobstore.protocol import zest
+from jobstore.store.auth import Authoriser
 
 STORE, STORE_TOKEN = "jobs-store", "c3RvcmUtdG9rZW4="  # databox arbiter tokens are base64 text
 APP, APP_TOKEN = "app1", "YXBwLXRva2Vu"

@@ -7,9 +7,9 @@ from typing import Any
 
 import zmq
 
-from jobstore.notify import TOPIC_LENGTH
 from jobstore.protocol import zest
 from jobstore.protocol.cbor import decode_reply, encode_request
+from jobstore.protocol.sealed import TOPIC_LENGTH
 
 from .conftest import RunningStore, StoreFactory, recv
 

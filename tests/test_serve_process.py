@@ -17,8 +17,8 @@ import pytest
 from jobstore.client import Driver, JobClient
 from jobstore.errors import ConfigError, RequestFailed
 from jobstore.protocol import Request
-from jobstore.service import Service
-from jobstore.storage import LOCK_FILE, Storage, check_data_file
+from jobstore.store.operations import Service
+from jobstore.store.storage import LOCK_FILE, Storage, check_data_file
 
 JOBSTORE = [sys.executable, "-m", "jobstore"]
 

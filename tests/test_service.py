@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from jobstore import service as service_module
 from jobstore.protocol import Request
-from jobstore.service import Limits, Outcome, Service
-from jobstore.storage import Storage
+from jobstore.store import operations as service_module
+from jobstore.store.operations import Limits, Outcome, Service
+from jobstore.store.storage import Storage
 
 T0 = 1_700_000_000_000
 

@@ -5,13 +5,13 @@ import cbor2
 import pytest
 
 from jobstore import records
-from jobstore.check import check
 from jobstore.errors import ConfigError
 from jobstore.protocol import Request
 from jobstore.records import Job
-from jobstore.service import Service
 from jobstore.states import Status
-from jobstore.storage import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
+from jobstore.store.check import check
+from jobstore.store.operations import Service
+from jobstore.store.storage import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
 
 JOB = Job(
     "ds",

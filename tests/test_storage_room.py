@@ -14,12 +14,12 @@ from typing import Any
 import lmdb
 import pytest
 
-from jobstore.engine import WATCH_MS
 from jobstore.protocol import Request
 from jobstore.records import Job
-from jobstore.service import Limits, Outcome, Service
 from jobstore.states import Status
-from jobstore.storage import CACHE_RECORD_MAX, Storage
+from jobstore.store.engine import WATCH_MS
+from jobstore.store.operations import Limits, Outcome, Service
+from jobstore.store.storage import CACHE_RECORD_MAX, Storage
 
 T0 = 1_700_000_000_000
 KiB = 1 << 10

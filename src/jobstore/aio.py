@@ -49,8 +49,8 @@ from .calls import (
     token_for,
 )
 from .errors import ClientError, ProtocolError, RequestFailed
-from .notify import open_sealed
 from .protocol import Reply, cbor
+from .protocol.sealed import open_sealed
 
 __all__ = [
     "Connection",

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from .databox.hypercat import job_datasource_item
 from .errors import ClientError, JobstoreError, RequestFailed, Timeout
-from .hypercat import job_datasource_item
 from .records import check_name
 
 Record = dict[str, Any]

@@ -41,8 +41,8 @@ from .calls import (
     token_for,
 )
 from .errors import ClientError, RequestFailed
-from .notify import open_sealed
 from .protocol import cbor
+from .protocol.sealed import open_sealed
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .calls import Record
-from .states import TERMINAL, Status
+from ..calls import Record
+from ..states import TERMINAL, Status
 
 # Queue first, then running, then the ways a job ends.
 DISPLAY_ORDER = tuple(

@@ -1,4 +1,4 @@
-"""The batch engine under :class:`jobstore.service.Service`: one commit per batch of requests.
+"""The batch engine under :class:`jobstore.store.operations.Service`: one commit per batch of requests.
 
 :meth:`Engine.handle_batch` runs a batch of requests in one LMDB write
 transaction (one fsync for the lot). It returns, per request, the reply and the
@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import lmdb
 
-from .activity import Activity
-from .errors import (
+from ..errors import (
     Forbidden,
     InvalidTransition,
     JobstoreError,
@@ -42,10 +41,11 @@ from .errors import (
     StorageFull,
     Unavailable,
 )
-from .notify import Change, Sealer, client_topic, server_topic
-from .protocol import Reply, Request
-from .records import Job
-from .states import Event, Status, apply
+from ..protocol import Reply, Request
+from ..protocol.sealed import Change, Sealer, client_topic, server_topic
+from ..records import Job
+from ..states import Event, Status, apply
+from .activity import Activity
 from .storage import Storage, Txn
 
 if TYPE_CHECKING:

@@ -37,11 +37,11 @@ from typing import Any
 
 import zmq
 
-from . import auth
-from .errors import BadRequest, JobstoreError, RequestFailed, Unauthorized, Unavailable
-from .protocol import Reply, Request, zest
+from ..errors import BadRequest, JobstoreError, RequestFailed, Unauthorized, Unavailable
+from ..protocol import Reply, Request, zest
+from ..store import auth
 
-log = logging.getLogger("jobstore.arbiter")
+log = logging.getLogger("jobstore.databox.arbiter")
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:4444"
 # zestdb's published example pair: anyone can read the secret half, so development only.

@@ -16,19 +16,26 @@ from typing import Any
 
 import zmq
 
-from . import __version__
-from .auth import MAX_CAVEATS, MAX_TOKEN
-from .databox import (
+from .. import __version__
+from ..databox.startup import (
     DEFAULT_ARBITER,
     DEFAULT_DATA_DIR,
     DEFAULT_SECRETS_DIR,
     read_secrets,
     token_secret,
 )
-from .errors import ConfigError, JobstoreError
-from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
-from .service import Limits, Service
-from .storage import (
+from ..errors import ConfigError, JobstoreError
+from ..store.auth import MAX_CAVEATS, MAX_TOKEN
+from ..store.operations import Limits, Service
+from ..store.server import (
+    DEFAULT_NOTIFY,
+    DEFAULT_OBSERVE,
+    DEFAULT_REQUEST,
+    Server,
+    ServerConfig,
+    describe,
+)
+from ..store.storage import (
     DEFAULT_CACHE_BYTES,
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
@@ -242,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.data_dir = args.data_dir or "./var"
     auth = None
     if token_key is not None:
-        from .auth import Authoriser
+        from ..store.auth import Authoriser
 
         issuer = "the arbiter" if args.databox else "jobstore mint (with this store's token key)"
         auth = Authoriser(
@@ -367,7 +374,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_mint(args: argparse.Namespace) -> int:
-    from .auth import mint
+    from ..store.auth import mint
 
     secret = _read_key(args.token_key_file, "token key")
     assert secret is not None
@@ -381,7 +388,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from ..store.check import check
 
     count, problems = check(args.data_dir)
     for problem in problems:

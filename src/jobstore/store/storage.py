@@ -20,7 +20,7 @@ meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, 
 =========  ==============================  =====================================
 
 Lease deadlines (``leases`` keys, a record's prefix) are on the store clock
-(:class:`jobstore.engine.StoreClock`), which wall-clock steps do not move. Format 3
+(:class:`jobstore.store.engine.StoreClock`), which wall-clock steps do not move. Format 3
 added the lease a job was taken with to a record's prefix and moved deadlines from
 the wall clock to the store clock; formats 1 and 2 are upgraded in place on open.
 
@@ -50,10 +50,10 @@ from typing import IO, Any
 import cbor2
 import lmdb
 
-from . import records
-from .errors import ConfigError, StorageFull
-from .records import Job
-from .states import TERMINAL, Status
+from .. import records
+from ..errors import ConfigError, StorageFull
+from ..records import Job
+from ..states import TERMINAL, Status
 
 log = logging.getLogger(__name__)
 

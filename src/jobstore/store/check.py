@@ -7,9 +7,9 @@ from pathlib import Path
 
 import cbor2
 
-from . import records
-from .errors import ConfigError
-from .protocol import zest
+from .. import records
+from ..errors import ConfigError
+from ..protocol import zest
 from .storage import (
     EMPTY_VALUED,
     FORMAT,

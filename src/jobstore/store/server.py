@@ -19,11 +19,11 @@ from dataclasses import dataclass, replace
 
 import zmq
 
+from ..errors import JobstoreError, ProtocolError, TooLarge, TooMany
+from ..protocol import Reply, Request, cbor, zest
+from ..protocol.sealed import TOPIC_LENGTH, Change
 from .engine import Observe, Outcome, Wait, error_reply, mono_ms
-from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
-from .notify import TOPIC_LENGTH, Change
-from .protocol import Reply, Request, cbor, zest
-from .service import Service
+from .operations import Service
 
 log = logging.getLogger(__name__)
 
