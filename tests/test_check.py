@@ -11,8 +11,9 @@ import pytest
 from jobstore.cli import EXIT_FAILED, main
 from jobstore.protocol import Request
 from jobstore.store.check import check
+from jobstore.store.keys import count_key, u64
 from jobstore.store.operations import Service
-from jobstore.store.storage import Storage, count_key, u64
+from jobstore.store.storage import Storage
 
 from .conftest import StoreFactory
 

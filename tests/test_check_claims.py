@@ -10,7 +10,7 @@ import pytest
 
 from jobstore import records
 from jobstore.store.check import check
-from jobstore.store.storage import SEQ_KEY, count_key, index_keys, status_key, u64
+from jobstore.store.keys import SEQ_KEY, count_key, index_keys, status_key, u64
 
 from .test_check import populate
 

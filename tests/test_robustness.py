@@ -11,11 +11,11 @@ import cbor2
 import pytest
 import zmq
 
-from jobstore.store import check, server
 from jobstore.protocol import Reply, cbor, shown, zest
 from jobstore.protocol.cbor import decode_reply, encode_request
 from jobstore.records import Job
 from jobstore.states import Status
+from jobstore.store import check, server
 from jobstore.store.auth import Authoriser
 from jobstore.store.operations import Service
 from jobstore.store.server import ServerConfig

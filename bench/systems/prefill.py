@@ -19,7 +19,8 @@ from harness import RESPONSE, make_request
 from jobstore.protocol.sealed import client_topic, server_topic
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.store.storage import SEQ_KEY, Storage
+from jobstore.store.keys import SEQ_KEY
+from jobstore.store.storage import Storage
 
 BATCH = 50_000
 CLIENTS = 1000

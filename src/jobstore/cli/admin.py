@@ -26,6 +26,8 @@ from ..databox.startup import (
 )
 from ..errors import ConfigError, JobstoreError
 from ..store.auth import MAX_CAVEATS, MAX_TOKEN
+from ..store.cache import DEFAULT_CACHE_BYTES
+from ..store.datadir import DataDirLock
 from ..store.operations import Limits, Service
 from ..store.server import (
     DEFAULT_NOTIFY,
@@ -35,13 +37,7 @@ from ..store.server import (
     ServerConfig,
     describe,
 )
-from ..store.storage import (
-    DEFAULT_CACHE_BYTES,
-    DEFAULT_MAP_SIZE,
-    DEFAULT_MAX_MAP_SIZE,
-    DataDirLock,
-    Storage,
-)
+from ..store.storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
 
 log = logging.getLogger("jobstore")
 

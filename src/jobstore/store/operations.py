@@ -292,14 +292,14 @@ class Service(Engine):
 
     def store_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         self._authorise(request)
-        info, storage = self.storage.env.info(), self.storage
+        storage = self.storage
         body = {
             "datasources": txn.datasources(),
             "records": txn.records(),
             "seq": txn.seq(),
             "lmdb": {
                 "used_bytes": storage.used(),
-                "map_size": info["map_size"],
+                "map_size": storage.map_size(),
                 "max_map_size": storage.max_map_size,
                 "fill": round(storage.fill(), 4),
             },
