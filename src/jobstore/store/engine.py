@@ -71,10 +71,10 @@ ROUTE_CACHE_SIZE = 4096
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """A take that found nothing and may wait: retry it when ``dsid`` gains a job, until ``deadline``."""
+    """A take that found nothing and may wait: retry it when ``dsid`` gains a job, for ``ms``."""
 
     dsid: str
-    deadline: int
+    ms: int
 
 
 @dataclass(frozen=True, slots=True)

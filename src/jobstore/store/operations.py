@@ -189,7 +189,7 @@ class Service(Engine):
         self._authorise(request)
         jobs = txn.queued(dsid, count)
         if not jobs and wait:
-            return Outcome(None, wait=Wait(dsid, now + wait))
+            return Outcome(None, wait=Wait(dsid, wait))
         until = self.clock.now + lease
         changes = [
             self._transition(
