@@ -10,12 +10,8 @@ from typing import Any
 import pytest
 
 from jobstore.cli import main
-from jobstore.databox.arbiter import (
-    EXAMPLE_PUBLIC_KEY,
-    FakeArbiter,
-    fetch_store_secret,
-    request_token,
-)
+from jobstore.databox.arbiter import fetch_store_secret, request_token
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, FakeArbiter
 from jobstore.errors import Unauthorized
 from jobstore.store.auth import Authoriser
 

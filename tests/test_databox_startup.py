@@ -15,13 +15,9 @@ import pytest
 import zmq
 
 from jobstore.client import Driver, JobClient
-from jobstore.databox.arbiter import (
-    EXAMPLE_PUBLIC_KEY,
-    EXAMPLE_SECRET_KEY,
-    FakeArbiter,
-    fetch_store_secret,
-)
+from jobstore.databox.arbiter import fetch_store_secret
 from jobstore.databox.startup import ArbiterTokens, Secrets, read_secrets, token_secret
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
 from jobstore.errors import ConfigError, RequestFailed, Timeout, Unauthorized
 from jobstore.protocol import zest
 

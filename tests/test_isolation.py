@@ -24,13 +24,9 @@ from pymacaroons import Macaroon
 from jobstore.calls import CLIENT_ID_BYTES, secure
 from jobstore.cli import main
 from jobstore.client import Driver, JobClient, load_or_create_client_id, new_client_id
-from jobstore.databox.arbiter import (
-    EXAMPLE_PUBLIC_KEY,
-    EXAMPLE_SECRET_KEY,
-    FakeArbiter,
-    fetch_store_secret,
-)
+from jobstore.databox.arbiter import fetch_store_secret
 from jobstore.databox.startup import ArbiterTokens
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
 from jobstore.errors import ClientError, ProtocolError, RequestFailed
 from jobstore.protocol import cbor, zest
 from jobstore.protocol.sealed import open_sealed

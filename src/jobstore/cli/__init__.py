@@ -29,14 +29,13 @@ from ..client import (
     Token,
     load_or_create_client_id,
 )
-from ..databox.arbiter import add_cli as add_fake_arbiter
 from ..databox.startup import (
     DEFAULT_SECRETS_DIR,
     ArbiterTokens,
 )
 from ..errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .admin import add_cli as add_admin
-from .admin import add_serve, endpoint, env_setting
+from .admin import add_fake_arbiter, add_serve, endpoint, env_setting
 from .watch import add_cli as add_watch
 from .watch import cmd_watch as run_watch_command
 from .watchstate import FINISHED

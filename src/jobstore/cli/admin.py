@@ -407,3 +407,33 @@ def cmd_backup(args: argparse.Namespace) -> int:
         storage.close()
     print(f"backed up {args.data_dir} to {args.destination}")
     return 0
+
+
+def add_fake_arbiter(subparsers: Any) -> None:
+    """Add the ``fake-arbiter`` subcommand; :mod:`jobstore.devtools.fake_arbiter` is imported only
+    when it runs, so the fake stays out of the store's import path."""
+    p = subparsers.add_parser(
+        "fake-arbiter",
+        help="run a fake Databox arbiter (development only)",
+        description="Serve the Databox arbiter's Zest routes from memory until SIGINT or SIGTERM.",
+        epilog="example: jobstore fake-arbiter --store jobs=TOKEN1 --container app1=TOKEN2 "
+        "--grant 'app1:jobs:POST:/sensor-jobs/*' --grant 'app1:jobs:GET:/sensor-jobs/*'",
+    )
+    p.add_argument("--endpoint", help="bind here (tcp://127.0.0.1:4444)")
+    p.add_argument("--secret-key-file", help="Z85 CURVE secret key (default: zestdb's example)")
+    p.add_argument("--store", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--container", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--grant", action="append", default=[], metavar="NAME:TARGET:METHOD:PATH")
+    p.add_argument(
+        "--client-caveats",
+        action="store_true",
+        help="jobstore's extension: add a client caveat to tokens whose request names a client "
+        "(the real arbiter never does)",
+    )
+    p.set_defaults(func=_run_fake_arbiter)
+
+
+def _run_fake_arbiter(args: argparse.Namespace) -> int:
+    from ..devtools.fake_arbiter import run_cli
+
+    return run_cli(args)
