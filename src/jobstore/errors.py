@@ -195,6 +195,10 @@ class Timeout(ClientError):
     """No reply arrived in time."""
 
 
+class ArbiterError(JobstoreError):
+    """The Databox arbiter refused or did not answer a call of :mod:`jobstore.databox.arbiter`."""
+
+
 class ConfigError(JobstoreError):
     """The store cannot start as configured (missing secret, unreachable arbiter…)."""
 

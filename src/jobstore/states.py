@@ -31,7 +31,7 @@ class Status(StrEnum):
     @property
     def queued(self) -> bool:
         """Waiting for a server to take it."""
-        return self in (Status.SUBMITTED, Status.RETRYING)
+        return self in QUEUED
 
 
 class Event(StrEnum):
@@ -50,6 +50,7 @@ class Event(StrEnum):
 
 
 TERMINAL = frozenset({Status.COMPLETE, Status.CANCELLED, Status.FORBIDDEN, Status.FAILED})
+QUEUED = frozenset({Status.SUBMITTED, Status.RETRYING})  # waiting for a server to take them
 
 S, E = Status, Event
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..databox.hypercat import job_datasource_item
 from ..errors import ClientError
-from ..hypercat import job_datasource_item
 
 Record = dict[str, Any]
 # A macaroon, or a function giving the macaroon for a (method, path): Databox tokens name a method.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Generator, Iterator
 
 import zmq
 
-from ...notify import open_sealed
+from ...protocol.sealed import open_sealed
 from ..decisions import WatchCursor
 from ..requests import Record, Subscription
 from .connection import Connection, Poller, Socket

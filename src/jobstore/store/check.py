@@ -7,26 +7,30 @@ from pathlib import Path
 
 import cbor2
 
-from . import records
-from .errors import ConfigError
-from .protocol import zest
-from .storage import (
+from .. import records
+from ..errors import ConfigError
+from ..protocol import zest
+from .datadir import DATA_FILE
+from .keys import (
+    COUNT_PREFIX,
     EMPTY_VALUED,
     FORMAT,
+    INDEXES,
     SEQ_KEY,
     STATUS_PREFIX,
-    Storage,
-    Txn,
+    TOPIC_PREFIX,
     count_key,
     index_keys,
+    record_key,
     status_key,
 )
+from .storage import Storage, Txn
 
 
 def check(path: str | Path) -> tuple[int, list[str]]:
     """Return (records checked, problems found); an empty problem list means the directory is sound."""
-    if not (Path(path) / "data.mdb").exists():
-        raise ConfigError(f"no jobstore data in {path}: expected {Path(path) / 'data.mdb'}")
+    if not (Path(path) / DATA_FILE).exists():
+        raise ConfigError(f"no jobstore data in {path}: expected {Path(path) / DATA_FILE}")
     storage = Storage(path, readonly=True)
     try:
         with storage.read() as txn:
@@ -59,22 +63,20 @@ def _unencodable(job: records.Job) -> list[str]:
 def _check(txn: Txn) -> tuple[int, list[str]]:
     problems: list[str] = []
     counter = txn.seq()
-    expected: dict[str, dict[bytes, bytes]] = {
-        db: {} for db in ("queue", "clients", "changes", "leases", "done")
-    }
+    expected: dict[str, dict[bytes, bytes]] = {db: {} for db in INDEXES}
     seqs: Counter[int] = Counter()
     active: Counter[bytes] = Counter()
     count = 0
-    for key, value in txn.txn.cursor(db=txn.db["jobs"]):
+    for key, value in txn.entries("jobs"):
         count += 1
         try:
-            job = records.load(bytes(key).split(b"\0", 1)[0].decode(), bytes(value))
+            job = records.load(key.split(b"\0", 1)[0].decode(), value)
         except Exception as exc:
-            problems.append(f"record {bytes(key)!r} does not decode: {exc}")
+            problems.append(f"record {key!r} does not decode: {exc}")
             continue
-        if bytes(key) != f"{job.dsid}\0{job.job}\0".encode():
+        if key != record_key(job.dsid, job.job):
             problems.append(
-                f"record {bytes(key)!r} is stored under the wrong key for {job.dsid}/{job.job}"
+                f"record {key!r} is stored under the wrong key for {job.dsid}/{job.job}"
             )
         problems += _unencodable(job)
         seqs[job.seq] += 1
@@ -90,7 +92,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
             expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
     problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
     for db, wanted in expected.items():
-        found = {bytes(k): bytes(v) for k, v in txn.txn.cursor(db=txn.db[db])}
+        found = dict(txn.entries(db))
         for index_key, value in wanted.items():
             if found.get(index_key) != value:
                 problems.append(f"{db} index lacks the entry {index_key!r} of its record")
@@ -98,17 +100,16 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
             f"{db} index entry {k!r} points at no record that owns it"
             for k in found.keys() - wanted.keys()
         ]
-    for key, value in txn.txn.cursor(db=txn.db["meta"]):
-        key = bytes(key)
-        if key.startswith((b"n:", STATUS_PREFIX)) and int.from_bytes(value, "big") != active.pop(
-            key, 0
-        ):
+    for key, value in txn.entries("meta"):
+        if key.startswith((COUNT_PREFIX, STATUS_PREFIX)) and int.from_bytes(
+            value, "big"
+        ) != active.pop(key, 0):
             problems.append(
                 f"job count {key!r} is {int.from_bytes(value, 'big')}, records say otherwise"
             )
-        elif key.startswith(b"t:") and int.from_bytes(value, "big") > counter:
+        elif key.startswith(TOPIC_PREFIX) and int.from_bytes(value, "big") > counter:
             problems.append(
-                f"topic {key[2:]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
+                f"topic {key[len(TOPIC_PREFIX) :]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
             )
     problems += [f"job count {key!r} is missing ({n} jobs)" for key, n in active.items() if n]
     if txn.meta(SEQ_KEY) is None and count:

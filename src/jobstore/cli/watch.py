@@ -1,6 +1,6 @@
 """``jobstore watch``: a live view of a datasource's jobs, fed by its subscription.
 
-:class:`~jobstore.watchstate.WatchState` is the pure part. :func:`run_watch` follows a
+:class:`~jobstore.cli.watchstate.WatchState` is the pure part. :func:`run_watch` follows a
 :class:`~jobstore.client.Watch` in a thread, folds what arrives into the state and
 draws it a few times a second: with rich (``pip install 'jobstore[watch]'``) on a
 terminal, else as one summary line a second, or as JSON lines for scripts.
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
 
-from .client import Driver, JobClient, Record, notify_endpoint_for
-from .errors import ClientError, ConfigError, RequestFailed, Timeout
+from ..client import Driver, JobClient, Record, notify_endpoint_for
+from ..errors import ClientError, ConfigError, RequestFailed, Timeout
 from .watchstate import DISPLAY_ORDER, WatchState, label
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.secret
 
-from .errors import ProtocolError
-from .protocol.cbor import head
-from .records import Job
+from ..errors import ProtocolError
+from ..records import Job
+from .cbor import head
 
 TOPIC_LENGTH = 32
 _MAP_PREV = b"\xa2" + cbor2.dumps("prev")  # a two-entry map, then its first key

@@ -16,25 +16,28 @@ from typing import Any
 
 import zmq
 
-from . import __version__
-from .auth import MAX_CAVEATS, MAX_TOKEN
-from .databox import (
+from .. import __version__
+from ..databox.startup import (
     DEFAULT_ARBITER,
     DEFAULT_DATA_DIR,
     DEFAULT_SECRETS_DIR,
     read_secrets,
     token_secret,
 )
-from .errors import ConfigError, JobstoreError
-from .server import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, Server, ServerConfig, describe
-from .service import Limits, Service
-from .storage import (
-    DEFAULT_CACHE_BYTES,
-    DEFAULT_MAP_SIZE,
-    DEFAULT_MAX_MAP_SIZE,
-    DataDirLock,
-    Storage,
+from ..errors import ConfigError, JobstoreError
+from ..store.auth import MAX_CAVEATS, MAX_TOKEN
+from ..store.cache import DEFAULT_CACHE_BYTES
+from ..store.datadir import DataDirLock
+from ..store.operations import Limits, Service
+from ..store.server import (
+    DEFAULT_NOTIFY,
+    DEFAULT_OBSERVE,
+    DEFAULT_REQUEST,
+    Server,
+    ServerConfig,
+    describe,
 )
+from ..store.storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
 
 log = logging.getLogger("jobstore")
 
@@ -242,7 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     args.data_dir = args.data_dir or "./var"
     auth = None
     if token_key is not None:
-        from .auth import Authoriser
+        from ..store.auth import Authoriser
 
         issuer = "the arbiter" if args.databox else "jobstore mint (with this store's token key)"
         auth = Authoriser(
@@ -367,7 +370,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_mint(args: argparse.Namespace) -> int:
-    from .auth import mint
+    from ..store.auth import mint
 
     secret = _read_key(args.token_key_file, "token key")
     assert secret is not None
@@ -381,7 +384,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from ..store.check import check
 
     count, problems = check(args.data_dir)
     for problem in problems:
@@ -404,3 +407,33 @@ def cmd_backup(args: argparse.Namespace) -> int:
         storage.close()
     print(f"backed up {args.data_dir} to {args.destination}")
     return 0
+
+
+def add_fake_arbiter(subparsers: Any) -> None:
+    """Add the ``fake-arbiter`` subcommand; :mod:`jobstore.devtools.fake_arbiter` is imported only
+    when it runs, so the fake stays out of the store's import path."""
+    p = subparsers.add_parser(
+        "fake-arbiter",
+        help="run a fake Databox arbiter (development only)",
+        description="Serve the Databox arbiter's Zest routes from memory until SIGINT or SIGTERM.",
+        epilog="example: jobstore fake-arbiter --store jobs=TOKEN1 --container app1=TOKEN2 "
+        "--grant 'app1:jobs:POST:/sensor-jobs/*' --grant 'app1:jobs:GET:/sensor-jobs/*'",
+    )
+    p.add_argument("--endpoint", help="bind here (tcp://127.0.0.1:4444)")
+    p.add_argument("--secret-key-file", help="Z85 CURVE secret key (default: zestdb's example)")
+    p.add_argument("--store", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--container", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
+    p.add_argument("--grant", action="append", default=[], metavar="NAME:TARGET:METHOD:PATH")
+    p.add_argument(
+        "--client-caveats",
+        action="store_true",
+        help="jobstore's extension: add a client caveat to tokens whose request names a client "
+        "(the real arbiter never does)",
+    )
+    p.set_defaults(func=_run_fake_arbiter)
+
+
+def _run_fake_arbiter(args: argparse.Namespace) -> int:
+    from ..devtools.fake_arbiter import run_cli
+
+    return run_cli(args)

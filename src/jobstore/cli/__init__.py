@@ -19,11 +19,8 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils import z85
 
-from . import __version__
-from .admin import add_cli as add_admin
-from .admin import add_serve, endpoint, env_setting
-from .arbiter import add_cli as add_fake_arbiter
-from .client import (
+from .. import __version__
+from ..client import (
     Connection,
     Driver,
     JobClient,
@@ -32,11 +29,13 @@ from .client import (
     Token,
     load_or_create_client_id,
 )
-from .databox import (
+from ..databox.startup import (
     DEFAULT_SECRETS_DIR,
     ArbiterTokens,
 )
-from .errors import ClientError, ConfigError, JobstoreError, RequestFailed
+from ..errors import ClientError, ConfigError, JobstoreError, RequestFailed
+from .admin import add_cli as add_admin
+from .admin import add_fake_arbiter, add_serve, endpoint, env_setting
 from .watch import add_cli as add_watch
 from .watch import cmd_watch as run_watch_command
 from .watchstate import FINISHED

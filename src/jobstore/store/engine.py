@@ -1,4 +1,4 @@
-"""The batch engine under :class:`jobstore.service.Service`: one commit per batch of requests.
+"""The batch engine under :class:`jobstore.store.operations.Service`: one commit per batch of requests.
 
 :meth:`Engine.handle_batch` runs a batch of requests in one LMDB write
 transaction (one fsync for the lot). It returns, per request, the reply and the
@@ -31,22 +31,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cbor2
-import lmdb
 
-from .activity import Activity
-from .errors import (
+from ..errors import (
     Forbidden,
     InvalidTransition,
     JobstoreError,
     NotFound,
-    StorageFull,
     Unavailable,
 )
-from .notify import Change, Sealer, client_topic, server_topic
-from .protocol import Reply, Request
-from .records import Job
-from .states import Event, Status, apply
-from .storage import Storage, Txn
+from ..protocol import Reply, Request
+from ..protocol.sealed import Change, Sealer, client_topic, server_topic
+from ..records import Job
+from ..states import Event, Status, apply
+from .activity import Activity
+from .storage import MapFull, Storage, StorageError, Txn
 
 if TYPE_CHECKING:
     from .auth import Authoriser
@@ -65,10 +63,6 @@ class _Isolate(Exception):
     """A request failed after writing: run the batch again, each request in a nested transaction."""
 
 
-class _Grow(Exception):
-    """A request found the map full while it can still grow: grow it and run the batch again."""
-
-
 WATCH_MS = 1000  # how often the data directory is checked for being deleted or replaced
 
 
@@ -77,10 +71,10 @@ ROUTE_CACHE_SIZE = 4096
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """A take that found nothing and may wait: retry it when ``dsid`` gains a job, until ``deadline``."""
+    """A take that found nothing and may wait: retry it when ``dsid`` gains a job, for ``ms``."""
 
     dsid: str
-    deadline: int
+    ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,20 +224,18 @@ class Engine:
                     break
                 except _Isolate:
                     isolate = True
-                except (_Grow, StorageFull) as exc:
+                except MapFull:
                     # Full in a request or at the commit: retry in a larger map, if there is one.
                     if not self.storage.enlarge():
-                        raise _failure_full() from exc
+                        raise
                     log.info("data file full: map grown to %d bytes", self.storage.map_size())
                 # The takes woken already run again too, after the batch's own requests.
                 batch = list(handled)
             self.activity.record(self._events, now)
         except JobstoreError as exc:
+            if isinstance(exc, StorageError):
+                log.exception("commit failed")
             return [], [Outcome(error_reply(r, exc)) for r in handled]
-        except lmdb.Error as exc:
-            log.exception("commit failed")
-            err = JobstoreError(f"the store could not commit this batch ({exc}); retry the request")
-            return [], [Outcome(error_reply(r, err)) for r in handled]
         return expired, outcomes
 
     def watch_data_dir(self, now: int) -> None:
@@ -311,8 +303,8 @@ class Engine:
             with txn.nested() as child:
                 return handler(self, child, request, now, params)
         except Exception as exc:
-            if isinstance(exc, lmdb.MapFullError) and not self.storage.at_ceiling():
-                raise _Grow from exc
+            if isinstance(exc, MapFull) and not self.storage.at_ceiling():
+                raise  # the batch runs again in a larger map
             if txn.writes != writes:
                 raise _Isolate from exc  # only a nested transaction can undo what it wrote
             error = _failure(request, exc)
@@ -421,17 +413,8 @@ def _failure(request: Request, exc: Exception) -> JobstoreError:
     """The error to answer a request that raised ``exc``."""
     if isinstance(exc, JobstoreError):
         return exc
-    if isinstance(exc, lmdb.MapFullError):
-        return _failure_full()
     log.error("unexpected error handling %s %s", request.method, request.path, exc_info=exc)
     return JobstoreError("internal error in the store; it has been logged, please report it")
-
-
-def _failure_full() -> StorageFull:
-    return StorageFull(
-        "the store's data file is full even at its ceiling: wait for finished jobs to be "
-        "purged, or ask the operator to raise --max-map-size"
-    )
 
 
 def error_reply(request: Request, exc: JobstoreError) -> Reply:

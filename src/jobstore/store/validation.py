@@ -7,9 +7,9 @@ from typing import Any
 
 import cbor2
 
-from .errors import BadRequest
-from .protocol import Request, shown
-from .states import Status
+from ..errors import BadRequest
+from ..protocol import Request, shown
+from ..states import Status
 
 MAX_DEPTH = 32  # nested arrays and maps in a stored value, counting the outermost
 INT_MIN, INT_MAX = -(1 << 63), (1 << 63) - 1  # a signed 64-bit integer: what JSON peers can parse

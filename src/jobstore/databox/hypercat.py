@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import BadRequest
-from .validation import check_plain
+from ..errors import BadRequest
+from ..store.validation import check_plain
 
 CATALOGUE_METADATA = [
     {"rel": "urn:X-hypercat:rels:isContentType", "val": "application/vnd.hypercat.catalogue+json"},

@@ -1,7 +1,7 @@
 """The job store's operations (contract sections 4, 5 and 9), routed from (method, path).
 
 Each operation is a method of :class:`Service` that checks its request, then
-reads and writes through the transaction it is given; :mod:`jobstore.engine`
+reads and writes through the transaction it is given; :mod:`jobstore.store.engine`
 runs them in batches, one commit per batch. No sockets here.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import hypercat
-from .engine import Engine, Handler, Limits, Observe, Outcome, Wait, changed_reply, ok_reply
-from .errors import (
+from ..databox import hypercat
+from ..errors import (
     BadRequest,
     Conflict,
     MethodNotAllowed,
@@ -20,11 +19,12 @@ from .errors import (
     StorageFull,
     TooMany,
 )
-from .notify import client_topic, server_topic
-from .protocol import Reply, Request
-from .protocol.cbor import jobs_body
-from .records import RESERVED_DSIDS, Job, check_dsid, check_name
-from .states import REPORTS, Event, Status
+from ..protocol import Reply, Request
+from ..protocol.cbor import jobs_body
+from ..protocol.sealed import client_topic, server_topic
+from ..records import RESERVED_DSIDS, Job, check_dsid, check_name
+from ..states import REPORTS, Event, Status
+from .engine import Engine, Handler, Limits, Observe, Outcome, Wait, changed_reply, ok_reply
 from .storage import Txn
 from .validation import (
     body_map,
@@ -42,7 +42,7 @@ SCAN_LIMIT = 10_000
 
 
 class Service(Engine):
-    """The job operations over an :class:`~jobstore.engine.Engine`."""
+    """The job operations over an :class:`~jobstore.store.engine.Engine`."""
 
     def route(self, request: Request) -> tuple[Handler, list[str]]:
         return route(request)
@@ -189,7 +189,7 @@ class Service(Engine):
         self._authorise(request)
         jobs = txn.queued(dsid, count)
         if not jobs and wait:
-            return Outcome(None, wait=Wait(dsid, now + wait))
+            return Outcome(None, wait=Wait(dsid, wait))
         until = self.clock.now + lease
         changes = [
             self._transition(
@@ -292,14 +292,14 @@ class Service(Engine):
 
     def store_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         self._authorise(request)
-        info, storage = self.storage.env.info(), self.storage
+        storage = self.storage
         body = {
             "datasources": txn.datasources(),
             "records": txn.records(),
             "seq": txn.seq(),
             "lmdb": {
                 "used_bytes": storage.used(),
-                "map_size": info["map_size"],
+                "map_size": storage.map_size(),
                 "max_map_size": storage.max_map_size,
                 "fill": round(storage.fill(), 4),
             },

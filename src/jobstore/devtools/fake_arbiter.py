@@ -1,4 +1,4 @@
-"""A fake Databox arbiter for tests and local development, and the arbiter's client calls.
+"""A fake Databox arbiter for tests and local development (``jobstore fake-arbiter``).
 
 It speaks what the Zest arbiter (me-box/core-arbiter ``src/server.re``) speaks: one Zest frame
 per message on a REP socket, a CURVE server when given a secret key, 69 for every success (POST
@@ -27,7 +27,6 @@ import hmac
 import json
 import logging
 import signal
-import socket
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
@@ -37,9 +36,9 @@ from typing import Any
 
 import zmq
 
-from . import auth
-from .errors import BadRequest, JobstoreError, RequestFailed, Unauthorized, Unavailable
-from .protocol import Reply, Request, zest
+from ..errors import BadRequest, JobstoreError, Unauthorized
+from ..protocol import Reply, Request, zest
+from ..store import auth
 
 log = logging.getLogger("jobstore.arbiter")
 
@@ -343,116 +342,6 @@ def _caveats(value: Any) -> Caveats:
     raise BadRequest(f'caveats must be a list of {{"key": "value"}} objects, not {value!r:.60}')
 
 
-def fetch_store_secret(
-    endpoint: str, server_key: str | None, arbiter_token: str, identity: str, timeout: float = 5.0
-) -> bytes:
-    """A store's start-up call (contract section 9): its token secret, the payload verbatim.
-
-    ``server_key`` is the arbiter's Z85 public key (ZMQ_PUBLIC_KEY); None or "" talks plain.
-    Raises Unauthorized on 129, RequestFailed on other refusals, and Unavailable when no reply
-    comes within ``timeout`` seconds.
-    """
-    frame = zest.encode_request(
-        "GET", "/store/secret", token=arbiter_token, host=identity, content_format=zest.FORMAT_TEXT
-    )
-    return _ask(endpoint, server_key, frame, timeout, f"GET /store/secret as {identity!r}")
-
-
-def request_token(
-    endpoint: str,
-    server_key: str | None,
-    arbiter_token: str,
-    *,
-    target: str,
-    path: str,
-    method: str,
-    observe: str | None = None,
-    client: str | None = None,
-    identity: str | None = None,
-    timeout: float = 5.0,
-) -> str:
-    """An app's or driver's call: a macaroon for ``method path`` on store ``target``.
-
-    ``identity`` (uri_host) is the caller's registered name, by default the hostname as the
-    databox client libraries send it. Raises as :func:`fetch_store_secret` does.
-    """
-    body: dict[str, Any] = {"target": target, "path": path, "method": method}
-    body["caveats"] = [{"observe": observe}] if observe else []
-    if client is not None:
-        body["client"] = client
-    host = identity or socket.gethostname()
-    payload = json.dumps(body).encode()
-    frame = zest.encode_request("POST", "/token", token=arbiter_token, host=host, body=payload)
-    what = f"POST /token for {method} {path} on {target!r}"
-    return _ask(endpoint, server_key, frame, timeout, what).decode("utf-8", "replace")
-
-
-def _ask(endpoint: str, server_key: str | None, frame: bytes, timeout: float, what: str) -> bytes:
-    """One request on a fresh REQ socket: the reply's payload, or the error it stands for."""
-    if server_key and len(server_key) != 40:
-        raise ValueError("the arbiter's public key must be 40 characters of Z85 (ZMQ_PUBLIC_KEY)")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.REQ)
-        sock.linger = 0
-        sock.sndtimeo = sock.rcvtimeo = max(1, int(timeout * 1000))
-        if server_key:
-            sock.curve_serverkey = server_key.encode()
-            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
-        try:
-            sock.connect(endpoint)
-            sock.send(frame)
-            reply = zest.decode_reply(sock.recv())
-        except zmq.Again:
-            raise Unavailable(
-                f"the arbiter at {endpoint} did not answer {what} within {timeout:g} s: check "
-                "DATABOX_ARBITER_ENDPOINT and that ZMQ_PUBLIC_KEY is its key (a wrong one is silent)"
-            ) from None
-        except zmq.ZMQError as exc:
-            raise Unavailable(f"cannot reach the arbiter at {endpoint!r}: {exc}") from None
-    finally:
-        ctx.destroy(linger=0)
-    if reply.code in (zest.CONTENT, zest.CREATED):
-        return reply.payload
-    detail = reply.payload.decode("utf-8", "replace") or "no reason given"
-    if reply.code == zest.UNAUTHORIZED:
-        # The arbiter refuses a missing grant as it refuses a wrong token: only its words tell.
-        if any(word in detail.lower() for word in ("grant", "permission", "caveat")):
-            advice = "the container manager must grant this route to this container as asked"
-        elif "has not fetched" in detail:
-            advice = "start the store first: it fetches its secret as it starts"
-        elif "not a registered store" in detail:
-            advice = "check --target, the store's name"
-        else:
-            advice = "check ARBITER_TOKEN and the name this container asks as (--as)"
-        raise Unauthorized(f"the arbiter refused {what}: {detail}; {advice}")
-    status = (reply.code >> 5) * 100 + (reply.code & 0x1F)  # CoAP c.dd is HTTP-style cdd
-    raise RequestFailed(status, f"the arbiter answered {what} with {reply.code}: {detail}")
-
-
-def add_cli(subparsers: Any) -> None:
-    """Add the ``fake-arbiter`` subcommand to an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "fake-arbiter",
-        help="run a fake Databox arbiter (development only)",
-        description="Serve the Databox arbiter's Zest routes from memory until SIGINT or SIGTERM.",
-        epilog="example: jobstore fake-arbiter --store jobs=TOKEN1 --container app1=TOKEN2 "
-        "--grant 'app1:jobs:POST:/sensor-jobs/*' --grant 'app1:jobs:GET:/sensor-jobs/*'",
-    )
-    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"bind here ({DEFAULT_ENDPOINT})")
-    p.add_argument("--secret-key-file", help="Z85 CURVE secret key (default: zestdb's example)")
-    p.add_argument("--store", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
-    p.add_argument("--container", action="append", default=[], metavar="NAME=ARBITER_TOKEN")
-    p.add_argument("--grant", action="append", default=[], metavar="NAME:TARGET:METHOD:PATH")
-    p.add_argument(
-        "--client-caveats",
-        action="store_true",
-        help="jobstore's extension: add a client caveat to tokens whose request names a client "
-        "(the real arbiter never does)",
-    )
-    p.set_defaults(func=run_cli)
-
-
 def _pair(spec: str, flag: str) -> tuple[str, str]:
     name, _, token = spec.partition("=")
     if not name or not token:
@@ -461,7 +350,8 @@ def _pair(spec: str, flag: str) -> tuple[str, str]:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    """The ``fake-arbiter`` command: set up from the flags, serve until SIGINT or SIGTERM."""
+    """The ``fake-arbiter`` command (flags: :func:`jobstore.cli.admin.add_fake_arbiter`): set up
+    from the flags, serve until SIGINT or SIGTERM."""
     key = EXAMPLE_SECRET_KEY
     if args.secret_key_file:
         try:
@@ -472,7 +362,8 @@ def run_cli(args: argparse.Namespace) -> int:
         log.warning("CURVE with zestdb's published example key pair: development only")
     if len(key) != 40:
         raise SystemExit("jobstore: the CURVE secret key must be 40 characters of Z85")
-    arbiter = FakeArbiter(args.endpoint, secret_key=key, client_caveats=args.client_caveats)
+    endpoint = args.endpoint or DEFAULT_ENDPOINT
+    arbiter = FakeArbiter(endpoint, secret_key=key, client_caveats=args.client_caveats)
     for name, token in (_pair(spec, "--store") for spec in args.store):
         arbiter.register_store(name, token)
         # Not the secret itself: logs never hold secrets (docs/operations.md).

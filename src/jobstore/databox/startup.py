@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError, Unavailable
 from .arbiter import fetch_store_secret, request_token
-from .errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
 

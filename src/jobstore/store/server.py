@@ -6,24 +6,23 @@ send -> publish. Everything it publishes was committed first.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import signal
 import threading
 import time
-import uuid
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import zmq
 
-from .engine import Observe, Outcome, Wait, error_reply, mono_ms
-from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
-from .notify import TOPIC_LENGTH, Change
-from .protocol import Reply, Request, cbor, zest
-from .service import Service
+from ..errors import JobstoreError, ProtocolError, TooLarge, TooMany
+from ..protocol import Reply, Request, cbor, zest
+from ..protocol.sealed import TOPIC_LENGTH, Change
+from .engine import Observe, Outcome, error_reply, mono_ms
+from .observers import Observers
+from .operations import Service
+from .waiting import Parked, WaitingTakes
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +67,13 @@ class ServerConfig:
 
 
 @dataclass
-class _Observer:
-    ident: bytes
-    dsid: str
-    client: str | None
-    expires: int | None
-    peer: bytes  # the request peer that asked for it, for the per-peer cap
-    since: int
-    reached: bool = False  # a push got through: its DEALER connected
-
-
-@dataclass
 class _Pending:
     """A request on its way through the batch, with the codec that must answer it."""
 
     envelope: list[bytes]
     request: Request
     zest: bool
-    deadline: int | None = None  # set once a take has waited: it keeps its first deadline
-    serial: int = -1  # set when first parked: its key among the parked takes
+    parked: Parked[_Pending] | None = None  # set once a take has waited: it keeps its place
 
 
 def now_ms() -> int:
@@ -119,17 +106,8 @@ class Server:
             )
         }
         self._stop = threading.Event()
-        # Waiting takes per datasource, oldest first, keyed by serial; their deadlines in a heap.
-        self._parked: dict[str, OrderedDict[int, _Pending]] = {}
-        self._parked_count = 0
-        self._parked_by_peer: Counter[bytes] = Counter()
-        self._deadlines: list[tuple[int, int, str]] = []  # (deadline, serial, dsid)
-        self._serials = itertools.count()
-        self._observers: dict[bytes, _Observer] = {}
-        # Observers by (dsid, client) and (dsid, None): a change reaches only those watching it.
-        self._watching: dict[tuple[str, str | None], set[bytes]] = {}
-        self._observers_by_peer: Counter[bytes] = Counter()
-        self._expiries: list[tuple[int, bytes]] = []  # (expires, ident) of observers with max_age
+        self._waiting: WaitingTakes[_Pending] = WaitingTakes(self.config.max_parked)
+        self._observers = Observers(self.config.max_observers, self.config.max_observers_per_peer)
         self._partial: list[bytes] = []  # routing frames of a request still arriving
         self._discarding = False  # the request arriving broke the envelope limits
         self.served = 0
@@ -188,10 +166,10 @@ class Server:
 
     def _timeout(self) -> int:
         # Heap tops may belong to takes or observers already gone: waking early is harmless.
-        deadlines = [heap[0][0] for heap in (self._deadlines, self._expiries) if heap]
-        now = now_ms()
-        waits = [deadline - now for deadline in deadlines]
-        lease = self.service.lease_due_in(mono_ms())  # leases are on the store clock
+        mono = mono_ms()
+        deadlines = (self._waiting.next_deadline(), self._observers.next_expiry())
+        waits = [deadline - mono for deadline in deadlines if deadline is not None]
+        lease = self.service.lease_due_in(mono)  # leases are on the store clock
         if lease is not None:
             waits.append(lease)
         if not waits:
@@ -224,7 +202,7 @@ class Server:
             received += 1
             peer = msg[0]
             inflight[peer] += 1
-            if inflight[peer] + self._parked_by_peer[peer] > self.config.max_inflight_per_peer:
+            if inflight[peer] + self._waiting.by_peer[peer] > self.config.max_inflight_per_peer:
                 self._refuse(
                     msg,
                     TooMany(
@@ -314,23 +292,23 @@ class Server:
             requests_received=self.served,
             replies_dropped=self.dropped,
             zest_observers=len(self._observers),
-            waiting_takes=self._parked_count,
+            waiting_takes=self._waiting.count,
             requests_discarded=self.discarded,
         )
-        pending = self._unpark_due(now) + pending
         mono = mono_ms()
+        pending = [_woken(p, mono) for p in self._waiting.due(mono)] + pending
         lease = self.service.lease_due_in(mono)
         if not pending and (lease is None or lease > 0):
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
-            self._expire_observers(now)
+            self._expire_observers(mono)
             return
         woken: list[_Pending] = []
 
         def wake(queued: Mapping[str, int]) -> list[Request]:
             unparked = [
-                self._waiting(item, now)
+                _woken(parked, mono)
                 for dsid, count in queued.items()
-                for item in self._wake(dsid, count)
+                for parked in self._waiting.wake(dsid, count)
             ]
             woken.extend(unparked)
             return [item.request for item in unparked]
@@ -349,10 +327,15 @@ class Server:
         self._publish(expired)
         for item, outcome in zip(pending, outcomes, strict=True):
             if outcome.wait is not None:
-                if item.serial >= 0 or self._parked_count < self.config.max_parked:
-                    self._park(item, outcome.wait)
-                    continue
                 # A take parked before keeps its place; a new one past the cap is refused.
+                if item.parked is not None:
+                    self._waiting.repark(item.parked)
+                    continue
+                wait = outcome.wait
+                if self._waiting.park(
+                    item.request, item, item.envelope[0], wait.dsid, wait.ms, mono
+                ):
+                    continue
                 error = TooMany(
                     f"more than {self.config.max_parked} takes are waiting in this store: "
                     "take without wait, or wait in fewer drivers"
@@ -361,63 +344,7 @@ class Server:
             assert outcome.reply is not None
             self._reply(item, outcome)
             self._publish(outcome.changes)
-        self._expire_observers(now)
-
-    @staticmethod
-    def _waiting(item: _Pending, now: int) -> _Pending:
-        """``item`` as a take that waits only what is left of its deadline."""
-        body = {**item.request.body, "wait": max(0, (item.deadline or 0) - now)}
-        return replace(item, request=item.request._replace(body=body))
-
-    def _unpark_due(self, now: int) -> list[_Pending]:
-        """Take out the parked takes whose deadline has come."""
-        out: list[_Pending] = []
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, serial, dsid = heapq.heappop(self._deadlines)
-            item = self._unpark(dsid, serial)
-            if item is not None:  # else it was woken and answered already
-                out.append(self._waiting(item, now))
-        return out
-
-    def _wake(self, dsid: str, count: int) -> list[_Pending]:
-        """Take out the ``count`` oldest parked takes of ``dsid``: one per job it gained."""
-        queue = self._parked.get(dsid)
-        out: list[_Pending | None] = []
-        while queue and len(out) < count:
-            out.append(self._unpark(dsid, next(iter(queue))))
-        return [item for item in out if item is not None]
-
-    def _unpark(self, dsid: str, serial: int) -> _Pending | None:
-        queue = self._parked.get(dsid)
-        item = queue.pop(serial, None) if queue is not None else None
-        if item is None:
-            return None
-        if not queue:
-            del self._parked[dsid]
-        self._parked_count -= 1
-        peer = item.envelope[0]
-        self._parked_by_peer[peer] -= 1
-        if not self._parked_by_peer[peer]:
-            del self._parked_by_peer[peer]
-        return item
-
-    def _park(self, item: _Pending, wait: Wait) -> None:
-        item.deadline = item.deadline or wait.deadline
-        if item.serial < 0:  # parked for the first time: its deadline enters the heap once
-            item.serial = next(self._serials)
-            heapq.heappush(self._deadlines, (item.deadline, item.serial, wait.dsid))
-            if len(self._deadlines) > 2 * self._parked_count + 64:
-                # Mostly entries of takes woken and answered: rebuild from those still parked.
-                self._deadlines = [
-                    (p.deadline or 0, p.serial, dsid)
-                    for dsid, queue in self._parked.items()
-                    for p in queue.values()
-                ]
-                self._deadlines.append((item.deadline, item.serial, wait.dsid))
-                heapq.heapify(self._deadlines)
-        self._parked.setdefault(wait.dsid, OrderedDict())[item.serial] = item
-        self._parked_count += 1
-        self._parked_by_peer[item.envelope[0]] += 1
+        self._expire_observers(mono)
 
     def _reply(self, item: _Pending, outcome: Outcome) -> None:
         reply = outcome.reply
@@ -430,42 +357,12 @@ class Server:
     def _observe(self, item: _Pending, observe: Observe) -> tuple[Reply, Request]:
         """Register a Zest observer (reply: its UUID), or refuse one past the caps with 429."""
         request, peer = item.request, item.envelope[0]
-        error = None
-        if len(self._observers) >= self.config.max_observers:
-            error = TooMany(
-                f"this store has {self.config.max_observers} Zest observers, its limit: "
-                "observe with max_age so observations end, or use a native subscription"
-            )
-        elif self._observers_by_peer[peer] >= self.config.max_observers_per_peer:
-            error = TooMany(
-                f"this connection has {self.config.max_observers_per_peer} Zest observers, "
-                "its limit: observe with max_age, or observe a whole datasource once"
-            )
+        error = self._observers.refusal(peer)
         if error is not None:
             return Reply(error.status, None, error.message, request.id), request
-        ident = str(uuid.uuid4()).encode()
-        now = now_ms()
-        expires = now + observe.max_age * 1000 if observe.max_age else None
-        self._observers[ident] = _Observer(ident, observe.dsid, observe.client, expires, peer, now)
-        self._watching.setdefault((observe.dsid, observe.client), set()).add(ident)
-        self._observers_by_peer[peer] += 1
-        if expires is not None:
-            heapq.heappush(self._expiries, (expires, ident))
+        ident = self._observers.add(observe.dsid, observe.client, observe.max_age, peer, mono_ms())
         reply = Reply(200, ident.decode(), options={zest.OPT_OBSERVE_KEY: self.public_key})
         return reply, request._replace(content_format=zest.FORMAT_TEXT)
-
-    def _forget(self, ident: bytes) -> _Observer | None:
-        obs = self._observers.pop(ident, None)
-        if obs is None:
-            return None
-        key = (obs.dsid, obs.client)
-        self._watching[key].discard(ident)
-        if not self._watching[key]:
-            del self._watching[key]
-        self._observers_by_peer[obs.peer] -= 1
-        if not self._observers_by_peer[obs.peer]:
-            del self._observers_by_peer[obs.peer]
-        return obs
 
     def _update_subscriptions(self) -> None:
         """Apply the (un)subscribe messages XPUB has for us: first byte 1 or 0, then the topic."""
@@ -493,7 +390,7 @@ class Server:
             try:
                 for message in self.sealer.messages(change, self._wanted):
                     self._send(self.notify, message)  # a PUB socket drops rather than blocks
-                if self._observers:
+                if len(self._observers):
                     self._push(change)
             except Exception:
                 # Subscribers catch up from their seq; the replies still to send must go out.
@@ -502,48 +399,42 @@ class Server:
                 log.exception("cannot publish the change of %s/%s", job.dsid, job.job)
 
     def _push(self, change: Change) -> None:
-        job = change.job
-        idents = [
-            *self._watching.get((job.dsid, None), ()),
-            *self._watching.get((job.dsid, job.client), ()),
-        ]
-        if not idents:
+        watching = self._observers.watching(change.job)
+        if not watching:
             return
-        frame, now = zest.encode_push(zest_push_payload(change)), now_ms()
-        for ident in idents:
-            obs = self._observers[ident]
-            error = self._send_observe(ident, frame)
+        frame, mono = zest.encode_push(zest_push_payload(change)), mono_ms()
+        for obs in watching:
+            error = self._send_observe(obs.ident, frame)
             if not error:
                 obs.reached = True
             elif error == zmq.EHOSTUNREACH and (
-                obs.reached or now - obs.since >= self.config.observe_connect_ms
+                obs.reached or mono - obs.since >= self.config.observe_connect_ms
             ):
                 # Its DEALER connected and has gone, or never came: nobody will read it.
-                self._forget(ident)
+                self._observers.forget(obs.ident)
 
     def _send_observe(self, ident: bytes, frame: bytes) -> int:
         # An observer that has gone or is not reading misses pushes: Zest observe is best effort.
         return self._send(self.observe, [ident, frame])
 
-    def _expire_observers(self, now: int) -> None:
-        while self._expiries and self._expiries[0][0] <= now:
-            _, ident = heapq.heappop(self._expiries)
-            if self._forget(ident) is not None:
-                self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
+    def _expire_observers(self, mono: int) -> None:
+        for ident in self._observers.expire(mono):
+            self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
 
     def _shutdown(self) -> None:
         """Answer what was received and parked, and tell Zest observers the store is going."""
         self._run_batch(self._receive(), now_ms())
-        final = now_ms()
-        for dsid, queue in self._parked.items():
-            for parked in queue.values():
-                parked.deadline = final
-                heapq.heappush(self._deadlines, (final, parked.serial, dsid))
-        self._run_batch([], final)
+        self._waiting.end_all(mono_ms())
+        self._run_batch([], now_ms())
         for ident in self._observers:
             self._send_observe(ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
         self._observers.clear()
         self.service.storage.close()
+
+
+def _woken(parked: Parked[_Pending], mono: int) -> _Pending:
+    """The adapter's item for a parked take run again: what is left of its wait, its envelope."""
+    return replace(parked.token, request=parked.retry(mono), parked=parked)
 
 
 def encode(reply: Reply, request: Request | None) -> bytes:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from .client.requests import Record
-from .states import TERMINAL, Status
+from ..client.requests import Record
+from ..states import TERMINAL, Status
 
 # Queue first, then running, then the ways a job ends.
 DISPLAY_ORDER = tuple(
@@ -39,8 +39,8 @@ def label(status: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Change:
-    """One change, as the list of recent changes shows it."""
+class RecentChange:
+    """One line of the watch view's recent changes (not :class:`jobstore.protocol.sealed.Change`)."""
 
     seq: int
     job: str
@@ -120,7 +120,7 @@ class WatchState:
         self._unfinished: dict[tuple[str, str], str] = {}
         self._counts: Counter[str] = Counter()
         self._progress: dict[tuple[str, str], Progress] = {}
-        self._recent: deque[Change] = deque(maxlen=recent)
+        self._recent: deque[RecentChange] = deque(maxlen=recent)
         self._buckets: deque[list[int]] = deque()  # [bucket index, changes, finished]
         self._first_bucket = self._bucket()
 
@@ -151,7 +151,7 @@ class WatchState:
             self._drop_recent(key)
         cancel = bool(record.get("cancel_requested"))
         self._recent.append(
-            Change(seq, key[1], key[0], status, record["updated"], cancel, progress)
+            RecentChange(seq, key[1], key[0], status, record["updated"], cancel, progress)
         )
         if seq > self.baseline_seq:
             self._tick(finished)
@@ -203,7 +203,7 @@ class WatchState:
         return changes / seconds, finished / seconds
 
     @property
-    def recent(self) -> list[Change]:
+    def recent(self) -> list[RecentChange]:
         """The latest changes, newest first."""
         return list(reversed(self._recent))
 
