@@ -83,7 +83,7 @@ class Conflict(StatusError):
 
 
 class InvalidTransition(Conflict):
-    """The job's status does not allow this event (contract section 3)."""
+    """The job's status does not allow this event (docs/states.md)."""
 
 
 class TooLarge(StatusError):

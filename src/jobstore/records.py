@@ -70,7 +70,7 @@ class Job(NamedTuple):
         return self._replace(**changes)
 
     def wire(self) -> dict[str, Any]:
-        """The record as contract section 3 shows it; unset response and progress are left out."""
+        """The record as docs/protocol.md ("The job record") shows it; unset response and progress are left out."""
         out: dict[str, Any] = {
             "job": self.job,
             "client": self.client,

@@ -1,4 +1,4 @@
-"""The job state machine of contract section 3: every allowed transition, in one table.
+"""The job state machine of docs/protocol.md, "The job record": every allowed transition, in one table.
 
 Nothing outside this module decides which status follows which; the service
 asks :func:`apply`, and anything not in :data:`TRANSITIONS` is an

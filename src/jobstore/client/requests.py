@@ -42,7 +42,7 @@ def token_for(token: Token, method: str, path: str) -> str | None:
 
 
 class ClientRequests:
-    """The requests of the client API (contract section 4) for one client of one datasource."""
+    """The requests of the client API (docs/protocol.md, "Client API") for one client of one datasource."""
 
     def __init__(self, dsid: str, client: str) -> None:
         self.dsid = dsid
@@ -74,7 +74,7 @@ class ClientRequests:
 
 
 class DriverRequests:
-    """The requests of the server API (contract section 5) for one datasource."""
+    """The requests of the server API (docs/protocol.md, "Server API") for one datasource."""
 
     def __init__(self, dsid: str) -> None:
         self.dsid = dsid

@@ -1,4 +1,4 @@
-"""The arbiter's client calls (contract section 9): a store's token secret, an app's macaroons.
+"""The arbiter's client calls (docs/databox.md): a store's token secret, an app's macaroons.
 
 Every failure is an :class:`ArbiterError`: :class:`ArbiterRefused` (also an
 ``Unauthorized``), :class:`ArbiterUnavailable` (also ``Unavailable``) or
@@ -33,7 +33,7 @@ class ArbiterFailed(ArbiterError, RequestFailed):
 def fetch_store_secret(
     endpoint: str, server_key: str | None, arbiter_token: str, identity: str, timeout: float = 5.0
 ) -> bytes:
-    """A store's start-up call (contract section 9): its token secret, the payload verbatim.
+    """A store's start-up call (docs/databox.md): its token secret, the payload verbatim.
 
     ``server_key`` is the arbiter's Z85 public key (ZMQ_PUBLIC_KEY); None or "" talks plain.
     Raises ArbiterRefused on 129, ArbiterFailed on other refusals, and ArbiterUnavailable when no reply

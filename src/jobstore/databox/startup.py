@@ -1,4 +1,4 @@
-"""Databox start-up (contract section 9): secrets from /run/secrets, token secret from the arbiter."""
+"""Databox start-up (docs/databox.md): secrets from /run/secrets, token secret from the arbiter."""
 
 from __future__ import annotations
 

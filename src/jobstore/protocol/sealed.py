@@ -1,4 +1,4 @@
-"""Native notifications (contract section 6): topics, their keys, and sealed messages.
+"""Native notifications (docs/protocol.md, "Notifications"): topics, their keys, and sealed messages.
 
 Topic names and keys are derived from the store's secret with HMAC-SHA256, so
 they survive restarts without being stored. A topic on the wire is 32 hex
@@ -41,7 +41,7 @@ def server_topic(dsid: str) -> str:
 class Change(NamedTuple):
     """A committed change to publish: the record and, per topic name, the previous seq there.
 
-    ``wire`` is the record as the contract shows it and ``encoded`` its CBOR encoding.
+    ``wire`` is the record as docs/protocol.md shows it and ``encoded`` its CBOR encoding.
     """
 
     job: Job

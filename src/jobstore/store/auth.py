@@ -154,7 +154,7 @@ def _matches(caveat: str, required: tuple[str, ...]) -> bool:
         return False
     prefix = caveat[:-1]
     # Contract section 8: the part before ``*`` is a prefix of a required caveat. zestdb's
-    # has_prefix wants at least one more character; the contract (which wins) does not.
+    # has_prefix wants at least one more character; docs/protocol.md ("Authorisation", which wins) does not.
     return any(r.startswith(prefix) for r in required)
 
 
