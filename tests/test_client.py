@@ -1,4 +1,5 @@
-"""JobClient and Driver against a real store."""
+"""The sync JobClient and Driver against a real store: what is tested for this flavour only
+(tests/_async/test_client.py holds what both flavours share, generated into tests/_sync/)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from jobstore.client import ForbidJob, JobCancelled, JobClient, JobContext, RetryJob
-from jobstore.errors import RequestFailed, Timeout
+from jobstore.client import JobCancelled, JobClient, JobContext
+from jobstore.errors import Timeout
 
 from .conftest import Clocks, RunningStore, StoreFactory
 
@@ -39,50 +40,6 @@ def wait_for(client: JobClient, job: str, *statuses: str) -> dict[str, Any]:
     raise AssertionError("watch ended")
 
 
-def test_submit_status_and_cancel(store: RunningStore) -> None:
-    with store.client() as app:
-        record = app.submit({"n": 1})
-        assert record["status"] == "submitted" and len(record["job"]) == 32
-        assert app.status(record["job"]) == record
-        assert app.cancel(record["job"])["status"] == "cancelled"
-
-
-def test_errors_carry_status_and_an_actionable_message(store: RunningStore) -> None:
-    with store.client() as app, pytest.raises(RequestFailed) as info:
-        app.status("missing")
-    assert info.value.status == 404 and "no job" in info.value.message
-
-
-def test_a_call_to_no_store_times_out_with_advice(tmp_path: Any) -> None:
-    with (
-        JobClient(f"ipc://{tmp_path}/nobody", "ds", "c", timeout=0.2) as app,
-        pytest.raises(Timeout) as info,
-    ):
-        app.status("j")
-    assert "is the store running" in info.value.message
-
-
-def test_jobs_iterates_every_page(store: RunningStore) -> None:
-    with store.client() as app:
-        ids = [app.submit(i, job=f"j{i:03}")["job"] for i in range(250)]
-        assert [r["job"] for r in app.jobs()] == ids
-        assert [r["job"] for r in app.jobs(since=200)] == ids[200:]
-
-
-def test_watch_catches_up_then_follows_live_changes(store: RunningStore) -> None:
-    with store.client() as app, store.driver() as driver:
-        app.submit("early", job="early")
-        watch = app.watch(timeout=10)
-        assert next(watch)["job"] == "early"
-        app.submit("late", job="late")
-        assert next(watch)["job"] == "late"
-        driver.take(2)
-        assert [(r["job"], r["status"]) for r in (next(watch), next(watch))] == [
-            ("early", "accepted"),
-            ("late", "accepted"),
-        ]
-
-
 def test_watch_sees_every_final_status_in_order_of_seq(store: RunningStore) -> None:
     with store.client() as app, store.driver() as driver:
         watch = app.watch(timeout=10)
@@ -108,82 +65,6 @@ def test_watch_does_not_show_other_clients_jobs(store: RunningStore) -> None:
         bob.submit("bob's", job="b1")
         alice.submit("alice's", job="a1")
         assert next(watch)["job"] == "a1"
-
-
-def test_watch_misses_nothing_across_a_store_restart(start_store: Any) -> None:
-    first = start_store()
-    endpoints = {
-        "request_endpoint": first.endpoint,
-        "observe_endpoint": first.server.endpoints["observe"],
-        "notify_endpoint": first.notify_endpoint,
-    }
-    with first.client() as app:
-        watch = app.watch(idle=0.1, timeout=10)
-        app.submit(1, job="before")
-        assert next(watch)["job"] == "before"
-        first.stop()
-        second = start_store(data_dir=first.data_dir, **endpoints)
-        with second.client() as other:
-            other.submit(2, job="after-1")
-            other.submit(3, job="after-2")
-        assert [next(watch)["job"], next(watch)["job"]] == ["after-1", "after-2"]
-
-
-def test_driver_run_completes_jobs_with_the_handlers_result(store: RunningStore) -> None:
-    thread, stop = run_driver_in_thread(store, lambda ctx: {"echo": ctx.request})
-    try:
-        with store.client() as app:
-            job = app.submit({"x": 1})["job"]
-            record = wait_for(app, job, "complete")
-        assert record["response"] == {"echo": {"x": 1}} and record["attempts"] == 1
-    finally:
-        stop.set()
-        thread.join(5)
-
-
-def test_driver_run_fails_a_job_whose_handler_raises(store: RunningStore) -> None:
-    def broken(ctx: JobContext) -> None:
-        raise ValueError("sensor offline")
-
-    thread, stop = run_driver_in_thread(store, broken)
-    try:
-        with store.client() as app:
-            job = app.submit("x")["job"]
-            record = wait_for(app, job, "failed")
-        assert record["response"] == {"error": "ValueError: sensor offline"}
-    finally:
-        stop.set()
-        thread.join(5)
-
-
-@pytest.mark.parametrize(("exc", "status"), [(ForbidJob, "forbidden"), (RetryJob, "retrying")])
-def test_driver_run_reports_what_the_handler_signals(
-    store: RunningStore, exc: type, status: str
-) -> None:
-    calls = []
-
-    def handler(ctx: JobContext) -> None:
-        calls.append(ctx.id)
-        if len(calls) == 1:
-            raise exc("not now")
-
-    thread, stop = run_driver_in_thread(store, handler)
-    try:
-        with store.client() as app:
-            job = app.submit("x")["job"]
-            # A retried job is taken again at once and completes: its history shows the retry.
-            record = wait_for(app, job, "forbidden", "complete")
-        assert status in [entry["status"] for entry in record["history"]]
-        if status == "forbidden":
-            assert record["response"] == {"error": "ForbidJob: not now"}
-    finally:
-        stop.set()
-        thread.join(5)
-
-
-def test_watch_with_a_timeout_ends_when_nothing_changes(store: RunningStore) -> None:
-    with store.client() as app, app.watch(timeout=0.3) as watch, pytest.raises(Timeout):
-        next(watch)
 
 
 def test_driver_run_renews_the_lease_and_passes_on_a_cancel(store: RunningStore) -> None:
@@ -216,16 +97,6 @@ def test_driver_run_renews_the_lease_and_passes_on_a_cancel(store: RunningStore)
     finally:
         stop.set()
         thread.join(5)
-
-
-def test_driver_lists_and_watches_every_client(store: RunningStore) -> None:
-    with store.client("a") as a, store.client("b") as b, store.driver() as driver:
-        watch = driver.watch(timeout=10)
-        a.submit(1, job="ja")
-        b.submit(2, job="jb")
-        assert {next(watch)["job"], next(watch)["job"]} == {"ja", "jb"}
-        assert sorted(r["job"] for r in driver.jobs()) == ["ja", "jb"]
-        assert [r["job"] for r in driver.jobs(client="b")] == ["jb"]
 
 
 def test_calls_to_a_store_that_never_answers_time_out_even_with_a_full_queue(tmp_path: Any) -> None:
@@ -283,24 +154,6 @@ def test_a_wall_clock_step_back_keeps_no_dead_drivers_lease(
         [again] = alive.take(wait=5000)
         assert again["job"] == job and again["attempts"] == 2
         assert again["created"] <= again["updated"]
-
-
-def test_a_driver_whose_lease_ran_out_cannot_finish_the_job_another_driver_holds(
-    store: RunningStore, clocks: Clocks
-) -> None:
-    with store.client() as app, store.driver() as stale, store.driver() as current:
-        job = app.submit("x")["job"]
-        stale.take(lease=60_000)
-        clocks.mono += 60_000
-        [again] = current.take(wait=5000)
-        assert again["attempts"] == 2
-        for report in (lambda: stale.progress(job, "half"), lambda: stale.complete(job, "stale")):
-            with pytest.raises(RequestFailed) as refused:
-                report()
-            assert refused.value.status == 409 and "not 1" in refused.value.message
-            assert refused.value.body["status"] == "accepted"
-            assert refused.value.body["attempts"] == 2
-        assert current.complete(job, "current")["response"] == "current"
 
 
 def test_driver_run_logs_a_job_that_changed_under_it_and_runs_the_next(

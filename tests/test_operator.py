@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jobstore.cli.admin import env_setting
+from jobstore.cli.options import env_setting
 
 from .conftest import RunningStore
 

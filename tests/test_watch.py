@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from jobstore.cli import watch as watch_module
-from jobstore.cli.watch import RICH_HINT, add_cli, run_watch
+from jobstore.cli.watch import add_cli, run_watch
 from jobstore.cli.watchstate import WatchState, parse_progress
+from jobstore.cli.watchview import RICH_HINT
 from jobstore.errors import ConfigError, Timeout
 
 from .conftest import RunningStore

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobstore.cli.watch import _PlainView
 from jobstore.cli.watchstate import WatchState
+from jobstore.cli.watchview import PlainView
 
 
 def rec(job: str, status: str, seq: int, **extra: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def test_accepted_reads_as_running() -> None:
     state = WatchState()
     state.apply(rec("a", "accepted", 1))
     out = io.StringIO()
-    _PlainView(out, "ds").draw(state, None)
+    PlainView(out, "ds").draw(state, None)
     assert "running 1" in out.getvalue() and "accepted" not in out.getvalue()
     assert state.recent[0].label == "running"
 
@@ -49,12 +49,12 @@ def test_a_cancel_request_shows() -> None:
 
 def test_the_live_view_shows_running_and_the_cancel_request() -> None:
     pytest.importorskip("rich")
-    from jobstore.cli.watch import _LiveView
+    from jobstore.cli.watchview import LiveView
 
     state = WatchState()
     state.apply(rec("a", "accepted", 1, cancel_requested=True))
     out = io.StringIO()
-    view = _LiveView(out, "ds")
+    view = LiveView(out, "ds")
     view.draw(state, None)
     view.close()
     assert "running, cancel requested" in out.getvalue()

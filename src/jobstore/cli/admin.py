@@ -38,23 +38,9 @@ from ..store.server import (
     describe,
 )
 from ..store.storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
+from .options import endpoint, env_flag, env_setting
 
 log = logging.getLogger("jobstore")
-
-
-def env_setting(name: str, default: Any = None) -> Any:
-    """``JOBSTORE_<name>`` from the environment, else ``default``: every command flag's default."""
-    return os.environ.get(f"JOBSTORE_{name}", default)
-
-
-def endpoint(text: str) -> str:
-    """An endpoint flag's value: tcp://HOST:PORT or ipc:///PATH (ZeroMQ says only "Invalid argument")."""
-    if not text.startswith(("tcp://", "ipc://")):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an endpoint: write tcp://HOST:PORT (e.g. tcp://127.0.0.1:5555) "
-            "or ipc:///PATH"
-        )
-    return text
 
 
 def add_cli(sub: Any) -> None:
@@ -114,46 +100,29 @@ def add_serve(sub: Any) -> None:
         "(e.g. JOBSTORE_DATA_DIR).",
         epilog="example: jobstore serve --data-dir ./var --request-endpoint tcp://127.0.0.1:5555",
     )
-    p.add_argument(
-        "--data-dir",
-        default=env_setting("DATA_DIR"),
-        help="LMDB directory (./var; /database with --databox)",
-    )
+    env_flag(p, "--data-dir", help="LMDB directory (./var; /database with --databox)")
     for socket, listen in (
         ("request", DEFAULT_REQUEST),
         ("observe", DEFAULT_OBSERVE),
         ("notify", DEFAULT_NOTIFY),
     ):
-        p.add_argument(
-            f"--{socket}-endpoint",
-            type=endpoint,
-            default=env_setting(f"{socket.upper()}_ENDPOINT", listen),
-            help=f"({listen})",
-        )
-    p.add_argument(
-        "--secret-key-file",
-        default=env_setting("SECRET_KEY_FILE"),
-        help="file holding the server's 40-character Z85 CURVE secret key; CURVE is off without it",
-    )
-    p.add_argument(
-        "--token-key-file",
-        default=env_setting("TOKEN_KEY_FILE"),
-        help="file holding the macaroon secret; tokens are not checked without it",
-    )
-    p.add_argument(
+        env_flag(p, f"--{socket}-endpoint", listen, type=endpoint, help=f"({listen})")
+    for flag, text in (
+        (
+            "--secret-key-file",
+            "file holding the server's 40-character Z85 CURVE secret key; CURVE is off without it",
+        ),
+        ("--token-key-file", "file holding the macaroon secret; tokens are not checked without it"),
+    ):
+        env_flag(p, flag, help=text)
+    env_flag(
+        p,
         "--identity",
-        default=env_setting("IDENTITY", os.environ.get("DATABOX_LOCAL_NAME", "jobstore")),
+        os.environ.get("DATABOX_LOCAL_NAME", "jobstore"),
         help="store identity, the macaroon target caveat (DATABOX_LOCAL_NAME)",
     )
-    p.add_argument(
-        "--lease", type=int, default=int(env_setting("LEASE", 30_000)), help="default lease, ms"
-    )
-    p.add_argument(
-        "--max-attempts",
-        type=int,
-        default=int(env_setting("MAX_ATTEMPTS", 5)),
-        help="lease expiries before failed",
-    )
+    env_flag(p, "--lease", 30_000, type=int, help="default lease, ms")
+    env_flag(p, "--max-attempts", 5, type=int, help="lease expiries before failed")
     limits, server = p.add_argument_group("limits (docs/operations.md)"), ServerConfig()
     defaults = Limits()
     for flag, default, text in (
@@ -196,13 +165,7 @@ def add_serve(sub: Any) -> None:
         ),
         ("retention", defaults.retention_ms, "ms a finished job is kept before it is purged"),
     ):
-        env = flag.upper().replace("-", "_")
-        limits.add_argument(
-            f"--{flag}",
-            type=int,
-            default=int(env_setting(env, default)),
-            help=f"{text} ({default})",
-        )
+        env_flag(limits, f"--{flag}", default, type=int, help=f"{text} ({default})")
     p.add_argument(
         "--databox",
         action="store_true",
@@ -210,7 +173,7 @@ def add_serve(sub: Any) -> None:
         help="start as a Databox store: secrets from --secrets-dir, token secret from the arbiter at "
         "DATABOX_ARBITER_ENDPOINT, identity DATABOX_LOCAL_NAME, data in /database",
     )
-    p.add_argument("--secrets-dir", default=env_setting("SECRETS_DIR", DEFAULT_SECRETS_DIR))
+    env_flag(p, "--secrets-dir", DEFAULT_SECRETS_DIR)
     p.set_defaults(func=cmd_serve)
 
 
