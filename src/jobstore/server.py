@@ -19,10 +19,13 @@ from dataclasses import dataclass, replace
 
 import zmq
 
+from . import functions
 from .engine import Observe, Outcome, Wait, error_reply, mono_ms
 from .errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from .notify import TOPIC_LENGTH, Change
 from .protocol import Reply, Request, cbor, zest
+from .protocol import notification as nt
+from .records import Job
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,11 @@ class Server:
         self._watching: dict[tuple[str, str | None], set[bytes]] = {}
         self._observers_by_peer: Counter[bytes] = Counter()
         self._expiries: list[tuple[int, bytes]] = []  # (expires, ident) of observers with max_age
+        # Function calls: when each observer's pushes began to fail (absent: they get through),
+        # and responses still to push to callers' DEALERs: path -> (frame, first try).
+        self._fn_failing: dict[bytes, int] = {}
+        self._answers: dict[bytes, tuple[bytes, int]] = {}
+        self.service.functions.max_observations = self.config.max_observers
         self._partial: list[bytes] = []  # routing frames of a request still arriving
         self._discarding = False  # the request arriving broke the envelope limits
         self.served = 0
@@ -175,9 +183,11 @@ class Server:
                     timeout = self._timeout()
                     if timeout and not poller.poll(timeout):
                         self._run_batch([], now_ms())
-                        continue
-                    self._drain_observe()
-                    self._run_batch(self._receive(), now_ms())
+                    else:
+                        self._drain_observe()
+                        self._run_batch(self._receive(), now_ms())
+                    if self._deliver_calls(now_ms()):
+                        self._run_batch([], now_ms())
                 except Exception:  # the last net: the stages below answer their own failures
                     log.exception("unexpected error in the serve loop; serving on")
             self._shutdown()
@@ -320,7 +330,9 @@ class Server:
         pending = self._unpark_due(now) + pending
         mono = mono_ms()
         lease = self.service.lease_due_in(mono)
-        if not pending and (lease is None or lease > 0):
+        calls = self.service.functions
+        idle = not (calls.delivered or calls.forget)
+        if not pending and (lease is None or lease > 0) and idle:
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(now)
             return
@@ -425,6 +437,14 @@ class Server:
         request = item.request
         if outcome.observe is not None:
             reply, request = self._observe(item, outcome.observe)
+        effect = outcome.fn
+        if effect is not None and reply.status < 400:
+            if effect.observation is not None:
+                self.service.functions.observations.add(effect.observation)
+            if effect.observation is not None or effect.key:
+                reply.options[zest.OPT_OBSERVE_KEY] = self.public_key
+            if effect.answer is not None:
+                self._answer(*effect.answer, now_ms())
         self._send(self.request, [*item.envelope, encode(reply, request if item.zest else None)])
 
     def _observe(self, item: _Pending, observe: Observe) -> tuple[Reply, Request]:
@@ -495,6 +515,8 @@ class Server:
                     self._send(self.notify, message)  # a PUB socket drops rather than blocks
                 if self._observers:
                     self._push(change)
+                if functions.is_call(change.job.client):
+                    self._call_changed(change)
             except Exception:
                 # Subscribers catch up from their seq; the replies still to send must go out.
                 # A Zest push fails here for a record an older version stored with NaN & co.
@@ -524,6 +546,63 @@ class Server:
     def _send_observe(self, ident: bytes, frame: bytes) -> int:
         # An observer that has gone or is not reading misses pushes: Zest observe is best effort.
         return self._send(self.observe, [ident, frame])
+
+    def _call_changed(self, change: Change) -> None:
+        """A function call queued waits for delivery; one that ended goes to its caller."""
+        job = change.job
+        if job.status.queued:
+            self.service.functions.waiting.add(job.dsid)
+        elif job.status.terminal:
+            body = nt.response_for_caller(job.status.value, job.response, job.request)
+            self._answer(job.dsid, job.job, body, now_ms())
+
+    def _answer(self, function: str, call: str, body: bytes, now: int) -> None:
+        """Push a response to the caller's DEALER (identity: the response path), trying again
+        until it connects, for up to observe_connect_ms."""
+        path = nt.response_path(function, call).encode()
+        frame = nt.response_push(now, function, call, body)
+        if self._send_observe(path, frame):
+            self._answers[path] = (frame, now)
+
+    def _deliver_calls(self, now: int) -> bool:
+        """Push waiting calls to their drivers, retry answers; True if there is work to commit."""
+        calls = self.service.functions
+        for obs in calls.observations.expired(now):
+            calls.forget.add(obs.ident)
+            self._send_observe(obs.ident, zest.encode_bare(zest.SERVICE_UNAVAILABLE))
+        for path, (frame, first) in list(self._answers.items()):
+            if not self._send_observe(path, frame) or now - first >= self.config.observe_connect_ms:
+                del self._answers[path]
+        if calls.waiting and len(calls.observations):
+            with self.service.storage.read() as txn:
+                for function in sorted(calls.waiting):
+                    jobs = [j for j in txn.queued(function, 100) if functions.is_call(j.client)]
+                    if not jobs:
+                        calls.waiting.discard(function)
+                    for job in jobs:
+                        if self._push_call(job, now):
+                            calls.delivered.append((job.dsid, job.job, job.attempts))
+        return bool(calls.delivered or calls.forget)
+
+    def _push_call(self, job: Job, now: int) -> bool:
+        """Push a call to every driver observing it; whether one of them got it."""
+        calls = self.service.functions
+        frame = nt.call_push(now, job.dsid, job.job, job.request)
+        fmt = nt.call_format(job.request)
+        reached = False
+        for obs in calls.observations.for_call(job.dsid, job.job, fmt):
+            if obs.ident in calls.forget:
+                continue
+            if self._send_observe(obs.ident, frame) == 0:
+                reached = True
+                self._fn_failing.pop(obs.ident, None)
+                continue
+            # Unreachable for longer than a DEALER takes to (re)connect: its driver has gone.
+            failing = self._fn_failing.setdefault(obs.ident, now)
+            if now - failing >= self.config.observe_connect_ms:
+                calls.forget.add(obs.ident)
+                del self._fn_failing[obs.ident]
+        return reached
 
     def _expire_observers(self, now: int) -> None:
         while self._expiries and self._expiries[0][0] <= now:
