@@ -46,7 +46,7 @@ def _count(n: int, one: str, many: str = "") -> str:
 class Request(NamedTuple):
     """One decoded request, whichever codec carried it (a named tuple: one is built per request).
 
-    ``observe`` is the Zest observe mode (``"data"``) or ``None``; ``max_age`` is
+    ``observe`` is the Zest observe mode (``"data"`` or ``"notification"``) or ``None``; ``max_age`` is
     the Zest observation lifetime in seconds (0 = no expiry). ``content_format``
     is the Zest content format the reply must use, ``None`` for native requests.
     """

@@ -12,8 +12,9 @@ Where neither zestdb nor docs/protocol.md decides, this codec chooses:
   content_format and 4 for max_age. The encoders always write 2 and 4 bytes, like zestdb.
 * A repeated option: the last one wins (zestdb, which stores its options in reverse and
   takes the first match, behaves the same). Unknown option numbers are ignored, as there.
-* observe (option 6) must be empty or ``data``. zestdb's other modes (``audit``,
-  ``notification``) are refused rather than silently served as ``data``.
+* observe (option 6) must be empty or ``data`` (mode ``data``), or ``notification`` (the mode
+  lib-go-databox's function calls observe with). zestdb's ``audit`` is refused rather than
+  silently served as ``data``.
 * uri_path must be one option holding the whole path, starting with ``/`` (as zestdb
   sends it, and as the native codec requires).
 * An empty payload is no body (``None``) in every content format. A CBOR payload is
@@ -68,6 +69,11 @@ OPT_URI_PATH = 11
 OPT_CONTENT_FORMAT = 12
 OPT_MAX_AGE = 14
 OPT_OBSERVE_KEY = 2048  # the observe socket's public key (Z85 text), server to client
+
+# Observe modes (option 6 values) this codec accepts.
+OBSERVE_DATA = "data"
+OBSERVE_NOTIFICATION = "notification"
+_OBSERVE_MODES = {b"": OBSERVE_DATA, b"data": OBSERVE_DATA, b"notification": OBSERVE_NOTIFICATION}
 
 # Content formats.
 FORMAT_TEXT = 0
@@ -154,10 +160,12 @@ def decode_request(frame: bytes) -> Request:
             "use 50 (JSON), 0 (text), 42 (binary) or 60 (CBOR)"
         )
     raw_observe = opts.get(OPT_OBSERVE)
-    if raw_observe not in (None, b"", b"data"):
+    observe = None if raw_observe is None else _OBSERVE_MODES.get(raw_observe)
+    if raw_observe is not None and observe is None:
         mode = raw_observe.decode("utf-8", "replace")
         raise ProtocolError(
-            f"Zest observe mode {mode!r:.40} is not supported; send 'data' or an empty value"
+            f"Zest observe mode {mode!r:.40} is not supported; send 'data' (or an empty value) "
+            "to observe jobs, or 'notification' to serve function calls"
         )
     raw_max_age = opts.get(OPT_MAX_AGE, b"")
     return Request(
@@ -165,7 +173,7 @@ def decode_request(frame: bytes) -> Request:
         path=path,
         token=_text(token, "token") or None,
         body=_decode_body(payload, fmt),
-        observe=None if raw_observe is None else "data",
+        observe=observe,
         max_age=_uint(raw_max_age, 4, "max_age (option 14)"),
         content_format=fmt,
         host=_text(opts.get(OPT_URI_HOST, b""), "uri_host (option 3)") or None,

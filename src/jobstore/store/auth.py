@@ -40,14 +40,22 @@ _TO_STANDARD = str.maketrans("-_", "+/")
 
 
 def required_caveats(
-    *, method: str, path: str, target: str, client: str | None = None, observe: bool = False
+    *,
+    method: str,
+    path: str,
+    target: str,
+    client: str | None = None,
+    observe: bool | str | None = False,
 ) -> tuple[str, ...]:
-    """The caveats a request satisfies, spelt ``"key = value"`` as the arbiter mints them."""
+    """The caveats a request satisfies, spelt ``"key = value"`` as the arbiter mints them.
+
+    ``observe`` is the observe mode (``data``, ``notification``); True means ``data``.
+    """
     caveats = [f"path = {path}", f"method = {method.upper()}", f"target = {target}"]
     if client is not None:
         caveats.append(f"client = {client}")
     if observe:
-        caveats.append("observe = data")
+        caveats.append(f"observe = {observe if isinstance(observe, str) else 'data'}")
     return tuple(caveats)
 
 
@@ -235,7 +243,7 @@ class Authoriser:
         method: str,
         path: str,
         client: str | None = None,
-        observe: bool = False,
+        observe: bool | str | None = False,
     ) -> None:
         """Return if ``token`` grants the request, else raise :class:`Unauthorized` saying why."""
         if self._key is None:

@@ -48,6 +48,7 @@ from .storage import MapFull, Storage, StorageError, Txn
 
 if TYPE_CHECKING:
     from .auth import Authoriser
+    from .function_ops import Effect
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class Outcome:
     changes: list[Change] = field(default_factory=list)
     wait: Wait | None = None
     observe: Observe | None = None
+    fn: Effect | None = None  # what a function-call request asks of the socket adapter
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +269,7 @@ class Engine:
         self._events.clear()
         with self.storage.write() as txn:
             txn.set_clock(self.clock.now)
-            expired = [] if self.misplaced else self._expire(txn, now)
+            expired = [] if self.misplaced else self._expire(txn, now) + self._internal(txn, now)
             outcomes = [self._one(txn, request, now, isolate) for request in requests]
             # How many jobs each datasource gained in its queue: that many waiting takes may wake.
             queued = Counter(c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued)
@@ -335,7 +337,7 @@ class Engine:
                 method="GET" if path is not None else request.method,
                 path=path or request.path,
                 client=client,
-                observe=observe or request.observe is not None,
+                observe=request.observe or ("data" if observe else None),
             )
 
     def _store(self, txn: Txn, new: Job, old: Job | None) -> Change:
@@ -387,6 +389,10 @@ class Engine:
                 else:
                     changes.append(self._transition(child, job, Event.LEASE_EXPIRED, now))
         return changes
+
+    def _internal(self, txn: Txn, now: int) -> list[Change]:
+        """Work of the store's own to commit with every batch (the subclass's); its changes."""
+        return []
 
     def _owned(self, txn: Txn, dsid: str, job_id: str, client: str) -> Job:
         job = self._get(txn, dsid, job_id)

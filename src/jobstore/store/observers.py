@@ -44,14 +44,15 @@ class Observers:
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._by_ident)
 
-    def refusal(self, peer: bytes) -> TooMany | None:
-        """Why ``peer`` may not add an observer now, or None."""
+    def refusal(self, peer: bytes, others: Counter[bytes] | None = None) -> TooMany | None:
+        """Why ``peer`` may not add an observer now, or None; ``others``: the function-call
+        observers per peer, which count toward the same per-peer cap."""
         if len(self._by_ident) >= self.limit:
             return TooMany(
                 f"this store has {self.limit} Zest observers, its limit: "
                 "observe with max_age so observations end, or use a native subscription"
             )
-        if self._by_peer[peer] >= self.per_peer:
+        if self._by_peer[peer] + (others[peer] if others else 0) >= self.per_peer:
             return TooMany(
                 f"this connection has {self.per_peer} Zest observers, "
                 "its limit: observe with max_age, or observe a whole datasource once"

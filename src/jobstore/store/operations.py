@@ -19,13 +19,15 @@ from ..errors import (
     StorageFull,
     TooMany,
 )
-from ..protocol import Reply, Request
+from ..protocol import Reply, Request, zest
 from ..protocol.cbor import jobs_body
-from ..protocol.sealed import client_topic, server_topic
+from ..protocol.sealed import Change, client_topic, server_topic
 from ..records import RESERVED_DSIDS, Job, check_dsid, check_name
 from ..states import REPORTS, Event, Status
+from . import function_ops
+from .auth import Authoriser
 from .engine import Engine, Handler, Limits, Observe, Outcome, Wait, changed_reply, ok_reply
-from .storage import Txn
+from .storage import Storage, Txn
 from .validation import (
     body_map,
     canonical,
@@ -44,8 +46,17 @@ SCAN_LIMIT = 10_000
 class Service(Engine):
     """The job operations over an :class:`~jobstore.store.engine.Engine`."""
 
+    def __init__(
+        self, storage: Storage, auth: Authoriser | None = None, limits: Limits | None = None
+    ) -> None:
+        super().__init__(storage, auth, limits)
+        self.functions = function_ops.FunctionCalls.load(storage)
+
     def route(self, request: Request) -> tuple[Handler, list[str]]:
         return route(request)
+
+    def _internal(self, txn: Txn, now: int) -> list[Change]:
+        return function_ops.commit_pending(self, txn, now)
 
     # Client API (contract section 4)
 
@@ -69,12 +80,18 @@ class Service(Engine):
                     existing.wire(),
                 )
             return Outcome(ok_reply(request, existing.wire()))
+        change = self.new_job(txn, dsid, job_id, client, payload, now)
+        return Outcome(changed_reply(request, change, 201), [change])
+
+    def new_job(
+        self, txn: Txn, dsid: str, job_id: str, client: str, payload: Any, now: int
+    ) -> Change:
+        """Store a new ``submitted`` job, within the queue's quotas."""
         self._admit(txn, dsid, client)
         seq = txn.next_seq()
         history = ((Status.SUBMITTED.value, now),)
         job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, seq, history=history)
-        change = self._store(txn, job, None)
-        return Outcome(changed_reply(request, change, 201), [change])
+        return self._store(txn, job, None)
 
     def _admit(self, txn: Txn, dsid: str, client: str) -> None:
         limits = self.limits
@@ -123,6 +140,7 @@ class Service(Engine):
     def list_by_path(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid, client = params[0], params[1]
         if request.observe is not None:
+            _data_observe(request)
             self._authorise(request, client=client)
             return Outcome(ok_reply(request, None), observe=Observe(dsid, client, request.max_age))
         since = {"since": seq_segment(params[2])} if len(params) > 2 else {}
@@ -171,6 +189,7 @@ class Service(Engine):
     def server_list(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
         dsid = params[0]
         if request.observe is not None:
+            _data_observe(request)
             self._authorise(request)
             return Outcome(ok_reply(request, None), observe=Observe(dsid, None, request.max_age))
         body = body_map(request, optional=("status", "client", "since", "limit"))
@@ -335,9 +354,40 @@ ROUTES: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
 ]
 
 
+def _data_observe(request: Request) -> None:
+    if request.observe != zest.OBSERVE_DATA:
+        raise BadRequest(
+            f"observe mode {request.observe!r} is for function calls on /notification/request/*; "
+            "observe jobs with mode data (or an empty option 6)"
+        )
+
+
+# Function calls (contract section 11): GET of a request pattern is an observe, GET of a
+# response path a Notify; POSTs are calls and responses.
+_FUNCTION_ROUTES: dict[tuple[str, str], Handler] = {
+    ("request", "GET"): function_ops.observe,
+    ("request", "POST"): function_ops.call,
+    ("response", "GET"): function_ops.notify,
+    ("response", "POST"): function_ops.respond,
+}
+
+
+def _function_route(request: Request) -> Handler:
+    side = request.path.split("/")[2]
+    handler = _FUNCTION_ROUTES.get((side, request.method))
+    if handler is None:
+        sides = " or ".join(m for s, m in _FUNCTION_ROUTES if s == side) or "nothing"
+        raise MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path[:200]}; use {sides}"
+        )
+    return handler
+
+
 def route(request: Request) -> tuple[Handler, list[str]]:
     """Find the handler and the path parameters of a request, or raise NotFound/MethodNotAllowed."""
     path = request.path
+    if path.startswith(("/notification/request/", "/notification/response/")):
+        return _function_route(request), []
     segments = path[1:-1].split("/") if path.endswith("/") else path[1:].split("/")
     allowed: list[str] = []
     for shape, methods in ROUTES:

@@ -20,6 +20,7 @@ from ..errors import JobstoreError, ProtocolError, TooLarge, TooMany
 from ..protocol import Reply, Request, cbor, zest
 from ..protocol.sealed import TOPIC_LENGTH, Change
 from .engine import Observe, Outcome, error_reply, mono_ms
+from .function_push import CallDelivery, is_call
 from .observers import Observers
 from .operations import Service
 from .waiting import Parked, WaitingTakes
@@ -108,6 +109,7 @@ class Server:
         self._stop = threading.Event()
         self._waiting: WaitingTakes[_Pending] = WaitingTakes(self.config.max_parked)
         self._observers = Observers(self.config.max_observers, self.config.max_observers_per_peer)
+        self._calls = CallDelivery(service, self._send_observe, self.config)
         self._partial: list[bytes] = []  # routing frames of a request still arriving
         self._discarding = False  # the request arriving broke the envelope limits
         self.served = 0
@@ -153,9 +155,11 @@ class Server:
                     timeout = self._timeout()
                     if timeout and not poller.poll(timeout):
                         self._run_batch([], now_ms())
-                        continue
-                    self._drain_observe()
-                    self._run_batch(self._receive(), now_ms())
+                    else:
+                        self._drain_observe()
+                        self._run_batch(self._receive(), now_ms())
+                    if self._calls.active and self._calls.deliver(now_ms()):
+                        self._run_batch([], now_ms())  # commit the calls pushed to drivers
                 except Exception:  # the last net: the stages below answer their own failures
                     log.exception("unexpected error in the serve loop; serving on")
             self._shutdown()
@@ -212,6 +216,13 @@ class Server:
                 )
                 continue
             item = self._decode(msg)
+            if item is not None and item.request.observe == zest.OBSERVE_NOTIFICATION:
+                # A Go driver's observe counts toward the per-peer cap, as a Zest observe does.
+                error = self._observers.refusal(peer, self._calls.by_peer)
+                if error is not None:
+                    self._refuse(msg, error)
+                    continue
+                self._calls.reserve(peer)
             if item is not None:
                 pending.append(item)
         return pending
@@ -298,7 +309,7 @@ class Server:
         mono = mono_ms()
         pending = [_woken(p, mono) for p in self._waiting.due(mono)] + pending
         lease = self.service.lease_due_in(mono)
-        if not pending and (lease is None or lease > 0):
+        if not pending and (lease is None or lease > 0) and not self.service.functions.pending:
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(mono)
             return
@@ -352,12 +363,17 @@ class Server:
         request = item.request
         if outcome.observe is not None:
             reply, request = self._observe(item, outcome.observe)
+        if request.observe == zest.OBSERVE_NOTIFICATION:
+            self._calls.observed(item.envelope[0], outcome.fn if reply.status < 400 else None)
+        if outcome.fn is not None and reply.status < 400:
+            self._calls.effect(outcome.fn, now_ms())
+            reply.options[zest.OPT_OBSERVE_KEY] = self.public_key
         self._send(self.request, [*item.envelope, encode(reply, request if item.zest else None)])
 
     def _observe(self, item: _Pending, observe: Observe) -> tuple[Reply, Request]:
         """Register a Zest observer (reply: its UUID), or refuse one past the caps with 429."""
         request, peer = item.request, item.envelope[0]
-        error = self._observers.refusal(peer)
+        error = self._observers.refusal(peer, self._calls.by_peer)
         if error is not None:
             return Reply(error.status, None, error.message, request.id), request
         ident = self._observers.add(observe.dsid, observe.client, observe.max_age, peer, mono_ms())
@@ -392,6 +408,8 @@ class Server:
                     self._send(self.notify, message)  # a PUB socket drops rather than blocks
                 if len(self._observers):
                     self._push(change)
+                if is_call(change.job.client):
+                    self._calls.changed(change.job, now_ms())
             except Exception:
                 # Subscribers catch up from their seq; the replies still to send must go out.
                 # A Zest push fails here for a record an older version stored with NaN & co.
