@@ -60,7 +60,6 @@ from systems import System, ceilings  # noqa: E402
 from systems.beanstalk import BeanstalkServer  # noqa: E402
 from systems.jobstore_native import DSID, JobstoreServer  # noqa: E402
 from systems.jobstore_zest import ZestServer  # noqa: E402
-from systems.prefill import prefill  # noqa: E402
 from systems.rq_redis import RedisServer  # noqa: E402
 
 MILLION = 1_000_000
@@ -297,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         stored = None
+        if args.million or homes:
+            # Imported only when needed: it writes through the store's own modules, whose paths
+            # older trees (--src) do not have, and the batch phases do not need it.
+            from systems.prefill import prefill
         if args.million:
             stored = session / "stored"
             print(f"pre-filling a store with {args.stored:,} finished jobs ...", flush=True)
