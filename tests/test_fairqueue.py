@@ -23,17 +23,17 @@ class MemoryIndex:
         self.counters: dict[bytes, int] = {}
         self.operations = 0
 
-    def get(self, db: str, key: bytes) -> bytes | None:
+    def get_raw(self, db: str, key: bytes) -> bytes | None:
         self.operations += 1
         return self.values[db].get(key)
 
-    def put(self, db: str, key: bytes, value: bytes) -> None:
+    def put_raw(self, db: str, key: bytes, value: bytes) -> None:
         self.operations += 1
         if key not in self.values[db]:
             insort(self.keys[db], key)
         self.values[db][key] = value
 
-    def delete(self, db: str, key: bytes) -> bool:
+    def delete_raw(self, db: str, key: bytes) -> bool:
         self.operations += 1
         if key not in self.values[db]:
             return False
@@ -41,7 +41,7 @@ class MemoryIndex:
         self.keys[db].remove(key)
         return True
 
-    def first(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
+    def first_raw(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
         self.operations += 1
         keys = self.keys[db]
         at = bisect_left(keys, prefix)

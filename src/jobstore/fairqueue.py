@@ -81,15 +81,15 @@ class Entry(NamedTuple):
 class Ordered(Protocol):
     """Sorted key-value indexes and counters, as one transaction sees them."""
 
-    def get(self, db: str, key: bytes) -> bytes | None: ...
+    def get_raw(self, db: str, key: bytes) -> bytes | None: ...
 
-    def put(self, db: str, key: bytes, value: bytes) -> None: ...
+    def put_raw(self, db: str, key: bytes, value: bytes) -> None: ...
 
-    def delete(self, db: str, key: bytes) -> bool:
+    def delete_raw(self, db: str, key: bytes) -> bool:
         """Remove a key; False when it was absent."""
         ...
 
-    def first(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
+    def first_raw(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
         """The lowest key starting with ``prefix``, and its value."""
         ...
 
@@ -130,7 +130,7 @@ def queue(ix: Ordered, entry: Entry, not_before: int | None) -> None:
         return
     assert not_before is not None
     value = rank(entry.priority) + u64(entry.seq) + entry.client.encode()
-    ix.put(LATER, later_key(entry.dsid, entry.job, not_before), value)
+    ix.put_raw(LATER, later_key(entry.dsid, entry.job, not_before), value)
     key = delayed_key(entry.dsid)
     ix.set_counter(key, ix.counter(key) + 1)
 
@@ -140,7 +140,9 @@ def unqueue(ix: Ordered, entry: Entry, not_before: int | None) -> None:
 
     Idempotent: a job :func:`take` removed already is left alone.
     """
-    if not_before is not None and ix.delete(LATER, later_key(entry.dsid, entry.job, not_before)):
+    if not_before is not None and ix.delete_raw(
+        LATER, later_key(entry.dsid, entry.job, not_before)
+    ):
         key = delayed_key(entry.dsid)
         ix.set_counter(key, ix.counter(key) - 1)
         return
@@ -154,7 +156,7 @@ def delayed(ix: Ordered, dsid: str) -> int:
 
 def next_due(ix: Ordered) -> int | None:
     """The earliest ``not_before`` of a job not yet due, or None."""
-    found = ix.first(LATER, b"")
+    found = ix.first_raw(LATER, b"")
     return None if found is None else int.from_bytes(found[0][:_U64], "big")
 
 
@@ -167,7 +169,7 @@ def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
     mark = ix.counter(WATERMARK)
     moved: list[Entry] = []
     while True:
-        found = ix.first(LATER, b"")
+        found = ix.first_raw(LATER, b"")
         if found is None or int.from_bytes(found[0][:_U64], "big") > now:
             mark = max(mark, now)
             break
@@ -183,7 +185,7 @@ def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
             PRIORITY_MAX - value[0],
             int.from_bytes(value[1 : 1 + _U64], "big"),
         )
-        ix.delete(LATER, key)
+        ix.delete_raw(LATER, key)
         counted = delayed_key(dsid)
         ix.set_counter(counted, ix.counter(counted) - 1)
         _enqueue(ix, entry)
@@ -194,36 +196,36 @@ def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
 
 def peek(ix: Ordered, dsid: str) -> Entry | None:
     """The job the next take of a datasource gets, without taking it."""
-    found = ix.first(READY, _ds(dsid))
+    found = ix.first_raw(READY, _ds(dsid))
     return None if found is None else _ready_entry(dsid, *found)
 
 
 def take(ix: Ordered, dsid: str) -> Entry | None:
     """Remove and return the job the next take of a datasource gets, and rotate the clients."""
     ds = _ds(dsid)
-    found = ix.first(READY, ds)
+    found = ix.first_raw(READY, ds)
     if found is None:
         return None
     entry = _ready_entry(dsid, *found)
     r = rank(entry.priority)
-    ix.delete(READY, found[0])
+    ix.delete_raw(READY, found[0])
     client = _client_prefix(ds, r, entry.client)
-    ix.delete(DUE, client + u64(entry.seq))
+    ix.delete_raw(DUE, client + u64(entry.seq))
     turn = ds + r + entry.client.encode()
-    following = ix.first(DUE, client)
+    following = ix.first_raw(DUE, client)
     if following is None:
-        ix.delete(TURNS, turn)
+        ix.delete_raw(TURNS, turn)
     else:  # to the back of the line
         ticket = _ticket(ix, ds + r)
-        ix.put(TURNS, turn, u64(ticket))
-        ix.put(READY, ds + r + u64(ticket) + entry.client.encode(), _head(following))
+        ix.put_raw(TURNS, turn, u64(ticket))
+        ix.put_raw(READY, ds + r + u64(ticket) + entry.client.encode(), _head(following))
     return entry
 
 
 def _ticket(ix: Ordered, line: bytes) -> int:
     """The next place at the back of a line (the line's counter, kept in ``turns``)."""
-    ticket = _number(ix.get(TURNS, line)) + 1
-    ix.put(TURNS, line, u64(ticket))
+    ticket = _number(ix.get_raw(TURNS, line)) + 1
+    ix.put_raw(TURNS, line, u64(ticket))
     return ticket
 
 
@@ -244,33 +246,33 @@ def _enqueue(ix: Ordered, entry: Entry) -> None:
     client = _client_prefix(ds, r, entry.client)
     seq = u64(entry.seq)
     turn = ds + r + entry.client.encode()
-    head = ix.first(DUE, client)
+    head = ix.first_raw(DUE, client)
     if head is None:  # joins the line at the back
         ticket = _ticket(ix, ds + r)
-        ix.put(TURNS, turn, u64(ticket))
-        ix.put(READY, ds + r + u64(ticket) + entry.client.encode(), seq + job)
+        ix.put_raw(TURNS, turn, u64(ticket))
+        ix.put_raw(READY, ds + r + u64(ticket) + entry.client.encode(), seq + job)
     elif head[0][-_U64:] > seq:  # older than its head (a delayed job fell due): the new head
-        ticket = _number(ix.get(TURNS, turn))
-        ix.put(READY, ds + r + u64(ticket) + entry.client.encode(), seq + job)
-    ix.put(DUE, client + seq, job)
+        ticket = _number(ix.get_raw(TURNS, turn))
+        ix.put_raw(READY, ds + r + u64(ticket) + entry.client.encode(), seq + job)
+    ix.put_raw(DUE, client + seq, job)
 
 
 def _dequeue(ix: Ordered, entry: Entry) -> None:
     ds, r = _ds(entry.dsid), rank(entry.priority)
     client = _client_prefix(ds, r, entry.client)
     seq = u64(entry.seq)
-    if not ix.delete(DUE, client + seq):
+    if not ix.delete_raw(DUE, client + seq):
         return
-    head = ix.first(DUE, client)
+    head = ix.first_raw(DUE, client)
     if head is not None and head[0][-_U64:] < seq:
         return  # not the client's head: its place in the line stands
     turn = ds + r + entry.client.encode()
-    ready = ds + r + u64(_number(ix.get(TURNS, turn))) + entry.client.encode()
+    ready = ds + r + u64(_number(ix.get_raw(TURNS, turn))) + entry.client.encode()
     if head is None:  # leaves the line
-        ix.delete(READY, ready)
-        ix.delete(TURNS, turn)
+        ix.delete_raw(READY, ready)
+        ix.delete_raw(TURNS, turn)
     else:
-        ix.put(READY, ready, _head(head))
+        ix.put_raw(READY, ready, _head(head))
 
 
 def _number(value: bytes | None) -> int:
