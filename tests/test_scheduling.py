@@ -14,6 +14,9 @@ from jobstore.scheduling import (
     Settings,
     Timing,
     backoff_delay,
+    batch_jobs,
+    report_delay,
+    retry_not_before,
     same_timing,
     settings_from,
     submit_timing,
@@ -146,3 +149,27 @@ def test_backoff_doubles_per_attempt_up_to_the_cap_with_jitter(
     delay = backoff_delay(backoff, max_backoff, attempts, factor)
     assert abs(delay - base * factor) <= 0.5
     assert round(base * 0.8) <= delay <= round(base * 1.2)
+
+
+def test_a_reported_delay_wins_over_the_backoff() -> None:
+    settings = Settings(backoff=1000)
+    assert retry_not_before(NOW, 5, settings, attempts=3, factor=1.0) == NOW + 5
+    assert retry_not_before(NOW, None, settings, attempts=3, factor=1.0) == NOW + 4000
+    assert retry_not_before(NOW, 0, settings, attempts=3, factor=1.0) == NOW
+
+
+def test_without_backoff_or_delay_a_job_is_retried_at_once() -> None:
+    assert retry_not_before(NOW, None, Settings(), attempts=9, factor=1.2) is None
+
+
+def test_a_report_delay_out_of_range_is_refused_naming_it() -> None:
+    assert report_delay({}) is None
+    with pytest.raises(BadRequest, match=r"^delay "):
+        report_delay({"delay": -5})
+
+
+@pytest.mark.parametrize("jobs", [None, [], {"a": 1}, [{}] * 1001])
+def test_a_batch_holds_1_to_1000_jobs(jobs: Any) -> None:
+    with pytest.raises(BadRequest, match=r"^jobs must be an array of 1 to 1000"):
+        batch_jobs({"jobs": jobs})
+    assert batch_jobs({"jobs": [{}] * 1000}) == [{}] * 1000

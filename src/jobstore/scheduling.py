@@ -161,3 +161,38 @@ def backoff_delay(backoff: int, max_backoff: int, attempts: int, factor: float) 
     exponent = max(attempts, 1) - 1
     base = max_backoff if exponent >= 64 else min(backoff << exponent, max_backoff)
     return round(base * factor)
+
+
+def retry_not_before(
+    now: int, delay: int | None, settings: Settings, attempts: int, factor: float
+) -> int | None:
+    """When a job handed back (a ``retrying`` report, a lease run out) may be taken again.
+
+    A report's own ``delay`` wins; else the datasource's backoff applies, with ``attempts``
+    as at hand-back. None (due at once, as before scheduling existed) when neither delays it.
+    """
+    if delay is None:
+        delay = backoff_delay(settings.backoff, settings.max_backoff, attempts, factor)
+        if delay == 0:
+            return None
+    return min(now + delay, MAX_TIME)
+
+
+def report_delay(body: Mapping[str, Any]) -> int | None:
+    """The ``delay`` of a server's status report (ms), or None."""
+    return _int(body, "delay", 0, MAX_DURATION)
+
+
+EXPIRED_RESPONSE = {"error": "expired before it was taken"}
+MAX_BATCH = 1000
+
+
+def batch_jobs(body: Mapping[str, Any]) -> list[Any]:
+    """The items of a batch submit: an array of 1 to :data:`MAX_BATCH`."""
+    jobs = body.get("jobs")
+    if not isinstance(jobs, list) or not 1 <= len(jobs) <= MAX_BATCH:
+        got = f"{len(jobs)} items" if isinstance(jobs, list) else shown(jobs)
+        raise BadRequest(
+            f"jobs must be an array of 1 to {MAX_BATCH} jobs, got {got}; split a larger batch"
+        )
+    return jobs
