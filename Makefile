@@ -15,8 +15,9 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench examples fuzz
-	$(BIN)/ruff format --check src tests bench examples fuzz
+	$(BIN)/ruff check src tests bench examples fuzz scripts
+	$(BIN)/ruff format --check src tests bench examples fuzz scripts
+	$(BIN)/python scripts/unasync.py --check
 	$(BIN)/mypy --strict src
 
 # tests/test_serve_process.py counts the store's fsync calls under strace: installed when missing.

@@ -27,13 +27,13 @@ import atheris
 with atheris.instrument_imports():
     import cbor2
 
-    from jobstore.engine import Outcome
     from jobstore.errors import ProtocolError
     from jobstore.protocol import Request, cbor, zest
-    from jobstore.server import zest_push_payload
-    from jobstore.service import Service
     from jobstore.states import TERMINAL
-    from jobstore.storage import Storage
+    from jobstore.store.engine import Outcome
+    from jobstore.store.operations import Service
+    from jobstore.store.server import zest_push_payload
+    from jobstore.store.storage import Storage
 
 STORAGE = Storage(tempfile.mkdtemp(prefix="jobstore-fuzz-"), map_size=1 << 26)
 SERVICE = Service(STORAGE)

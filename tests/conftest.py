@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import zmq
 
-from jobstore import server as server_module
 from jobstore.client import Driver, JobClient
-from jobstore.server import Server, ServerConfig
-from jobstore.service import Limits, Service
-from jobstore.storage import Storage
+from jobstore.store import server as server_module
+from jobstore.store.operations import Limits, Service
+from jobstore.store.server import Server, ServerConfig
+from jobstore.store.storage import Storage
 
 TIMEOUT_MS = 5000
 

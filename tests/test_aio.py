@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 import pytest
 
 from jobstore.aio import Driver, ForbidJob, JobCancelled, JobClient, JobContext, RetryJob
-from jobstore.auth import Authoriser
 from jobstore.errors import ClientError, RequestFailed, Timeout
+from jobstore.store.auth import Authoriser
 
 from .conftest import Clocks, RunningStore, StoreFactory
 from .test_databox import IDENTITY, PUBLIC_KEY, SECRET_KEY, TOKEN_SECRET, app_token, token

@@ -16,16 +16,12 @@ import pytest
 import zmq
 from pymacaroons import Macaroon
 
-from jobstore.arbiter import (
-    EXAMPLE_PUBLIC_KEY,
-    FakeArbiter,
-    add_cli,
-    fetch_store_secret,
-    request_token,
-)
-from jobstore.auth import Authoriser
-from jobstore.errors import Unauthorized, Unavailable
+from jobstore.cli.admin import add_fake_arbiter
+from jobstore.databox.arbiter import fetch_store_secret, request_token
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, FakeArbiter
+from jobstore.errors import ArbiterError, Unauthorized, Unavailable
 from jobstore.protocol import zest
+from jobstore.store.auth import Authoriser
 
 STORE, STORE_TOKEN = "jobs-store", "c3RvcmUtdG9rZW4="  # databox arbiter tokens are base64 text
 APP, APP_TOKEN = "app1", "YXBwLXRva2Vu"
@@ -132,6 +128,19 @@ def test_store_secret_refused_without_the_registered_token(
     assert arbiter.bound is not None
     with pytest.raises(Unauthorized, match="ARBITER_TOKEN"):
         fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, arbiter_token, identity, timeout=5)
+
+
+def test_every_arbiter_failure_is_an_arbiter_error_apart_from_the_store_errors(
+    arbiter: FakeArbiter,
+) -> None:
+    assert arbiter.bound is not None
+    with pytest.raises(ArbiterError) as refused:
+        fetch_store_secret(arbiter.bound, EXAMPLE_PUBLIC_KEY, "wrong", STORE, timeout=5)
+    assert isinstance(refused.value, Unauthorized)
+    _, other_public = zmq.curve_keypair()
+    with pytest.raises(ArbiterError) as silent:
+        fetch_store_secret(arbiter.bound, other_public.decode(), STORE_TOKEN, STORE, timeout=0.3)
+    assert isinstance(silent.value, Unavailable)
 
 
 def test_any_registered_container_gets_a_secret_as_from_the_real_arbiter(
@@ -336,7 +345,7 @@ def test_token_request_as_text_json_like_lib_go_databox(
 
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers())
+    add_fake_arbiter(parser.add_subparsers())
     endpoint = f"ipc://{tmp_path}/arbiter"
     flags = ["--store", f"{STORE}={STORE_TOKEN}", "--container", f"{APP}={APP_TOKEN}"]
     flags += ["--grant", f"{APP}:{STORE}:get:/ds/*", "--endpoint", endpoint]

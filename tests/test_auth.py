@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pymacaroons import Macaroon, Verifier
 
-from jobstore.auth import Authoriser, mint, required_caveats
 from jobstore.errors import Unauthorized
+from jobstore.store.auth import Authoriser, mint, required_caveats
 
 SECRET = b"s3cr3t-for-tests-0123456789"
 STORE = "job-store"

@@ -17,7 +17,7 @@ from jobstore.protocol.cbor import (
     is_native,
     jobs_body,
 )
-from jobstore.validation import check_plain
+from jobstore.store.validation import check_plain
 
 from .hostile import HOSTILE, HUGE, NOT_JSON, TRAILING
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobstore.check import check
 from jobstore.cli import EXIT_FAILED, main
 from jobstore.protocol import Request
-from jobstore.service import Service
-from jobstore.storage import Storage, count_key, u64
+from jobstore.store.check import check
+from jobstore.store.keys import count_key, u64
+from jobstore.store.operations import Service
+from jobstore.store.storage import Storage
 
 from .conftest import StoreFactory
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from jobstore import records
-from jobstore.check import check
-from jobstore.storage import SEQ_KEY, count_key, index_keys, status_key, u64
+from jobstore.store.check import check
+from jobstore.store.keys import SEQ_KEY, count_key, index_keys, status_key, u64
 
 from .test_check import populate
 

@@ -127,9 +127,9 @@ def test_keygen_writes_a_key_pair_a_curve_store_serves_with(
 def test_mint_makes_a_token_the_store_accepts_for_exactly_its_caveats(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], start_store: Any
 ) -> None:
-    from jobstore.auth import Authoriser
     from jobstore.client import JobClient
     from jobstore.errors import RequestFailed
+    from jobstore.store.auth import Authoriser
 
     (tmp_path / "token.key").write_text("dev-secret\n")
     argv = ["mint", "--token-key-file", str(tmp_path / "token.key"), "--target", "me"]

@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from jobstore.arbiter import EXAMPLE_PUBLIC_KEY, FakeArbiter, fetch_store_secret, request_token
-from jobstore.auth import Authoriser
 from jobstore.cli import main
+from jobstore.databox.arbiter import fetch_store_secret, request_token
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, FakeArbiter
 from jobstore.errors import Unauthorized
+from jobstore.store.auth import Authoriser
 
 STORE, STORE_TOKEN = "jobstore-sensor", "c3RvcmU="
 DRIVER, DRIVER_TOKEN = "driver1", "ZHJpdmVy"
@@ -107,7 +108,7 @@ def test_the_fake_arbiter_does_not_log_a_store_secret(
     import signal
     import threading
 
-    from jobstore.arbiter import fetch_store_secret
+    from jobstore.databox.arbiter import fetch_store_secret
 
     endpoint = f"ipc://{tmp_path}/arbiter"
     secrets: list[bytes] = []

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobstore.check import check
 from jobstore.client import Driver, JobClient
 from jobstore.errors import ClientError, RequestFailed
+from jobstore.store.check import check
 
 
 class Store:

@@ -10,10 +10,10 @@ import pytest
 import zmq
 from pythonzestclient.pyZestClient import PyZestClient
 
-from jobstore.auth import Authoriser, mint
 from jobstore.client import Driver, JobClient
 from jobstore.errors import RequestFailed, Timeout
 from jobstore.protocol import zest
+from jobstore.store.auth import Authoriser, mint
 
 from .conftest import RunningStore, StoreFactory, recv
 

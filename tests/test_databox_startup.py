@@ -14,14 +14,10 @@ from typing import Any
 import pytest
 import zmq
 
-from jobstore.arbiter import (
-    EXAMPLE_PUBLIC_KEY,
-    EXAMPLE_SECRET_KEY,
-    FakeArbiter,
-    fetch_store_secret,
-)
 from jobstore.client import Driver, JobClient
-from jobstore.databox import ArbiterTokens, Secrets, read_secrets, token_secret
+from jobstore.databox.arbiter import fetch_store_secret
+from jobstore.databox.startup import ArbiterTokens, Secrets, read_secrets, token_secret
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
 from jobstore.errors import ConfigError, RequestFailed, Timeout, Unauthorized
 from jobstore.protocol import zest
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from jobstore import aio
-from jobstore.calls import Outage, SetupError
 from jobstore.client import Driver, JobClient, JobContext
-from jobstore.errors import Timeout
+from jobstore.client.decisions import Outage
+from jobstore.errors import SetupError, Timeout
 
 from .conftest import RunningStore
 from .test_serve_process import Served

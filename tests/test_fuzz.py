@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from jobstore.errors import ProtocolError
 from jobstore.protocol import Request, cbor, zest
-from jobstore.service import Limits, Service
 from jobstore.states import TERMINAL, TRANSITIONS, Status
-from jobstore.storage import Storage
+from jobstore.store.operations import Limits, Service
+from jobstore.store.storage import Storage
 
 from .hostile import HOSTILE, HUGE, NOT_JSON, TRAILING, assert_every_reply_encodes, json_text
 

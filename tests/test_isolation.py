@@ -21,16 +21,18 @@ import pytest
 import zmq
 from pymacaroons import Macaroon
 
-from jobstore.arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter, fetch_store_secret
-from jobstore.auth import Authoriser
-from jobstore.calls import CLIENT_ID_BYTES, secure
 from jobstore.cli import main
 from jobstore.client import Driver, JobClient, load_or_create_client_id, new_client_id
-from jobstore.databox import ArbiterTokens
+from jobstore.client.ids import CLIENT_ID_BYTES
+from jobstore.client.sockets import secure
+from jobstore.databox.arbiter import fetch_store_secret
+from jobstore.databox.startup import ArbiterTokens
+from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
 from jobstore.errors import ClientError, ProtocolError, RequestFailed
-from jobstore.notify import open_sealed
 from jobstore.protocol import cbor, zest
+from jobstore.protocol.sealed import open_sealed
 from jobstore.records import check_name
+from jobstore.store.auth import Authoriser
 
 from .conftest import RunningStore, StoreFactory, recv
 from .test_databox import observe

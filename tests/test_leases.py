@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from jobstore.service import Limits
+from jobstore.store.operations import Limits
 
 from .test_service import Harness
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jobstore.admin import env_setting
+from jobstore.cli.admin import env_setting
 
 from .conftest import RunningStore
 
@@ -303,7 +303,7 @@ def test_health_reports_a_store_that_answers(store: RunningStore, tmp_path: Path
 
 
 def test_health_counts_a_401_without_a_token_as_up(start_store: Any, tmp_path: Path) -> None:
-    from jobstore.auth import Authoriser
+    from jobstore.store.auth import Authoriser
 
     store = start_store(auth=Authoriser(b"secret", "jobstore"))
     ok = jobstore("health", "--endpoint", store.endpoint)

@@ -7,11 +7,11 @@ from typing import Any
 
 import zmq
 
-from jobstore.notify import TOPIC_LENGTH
 from jobstore.protocol import zest
 from jobstore.protocol.cbor import decode_reply, encode_request
+from jobstore.protocol.sealed import TOPIC_LENGTH
 
-from .conftest import RunningStore, StoreFactory, recv
+from .conftest import Clocks, RunningStore, StoreFactory, recv
 
 
 def socket(ctx: zmq.Context[Any], kind: int, endpoint: str, **options: Any) -> zmq.Socket[Any]:
@@ -208,3 +208,28 @@ def test_a_subscriber_that_stops_reading_does_not_stall_the_store(
         for i in ids:
             writer.send(encode_request("POST", "/ds/job/", {"job": f"j{i}", "client": "c"}, id=i))
         assert sorted(decode_reply(recv(writer)[-1]).id for _ in ids) == list(ids)
+
+
+HOUR = 3_600_000
+
+
+def test_a_wall_clock_step_back_keeps_no_take_waiting_past_its_wait(
+    ctx: zmq.Context[Any], store: RunningStore, clocks: Clocks
+) -> None:
+    taker = socket(ctx, zmq.DEALER, store.endpoint)
+    taker.send(encode_request("POST", "/server/ds/job/take", {"wait": 300}, id="take"))
+    round_trip(taker, 1)  # answered after the take was parked
+    clocks.wall -= HOUR  # NTP sets the clock back: the wait is on the monotonic clock
+    reply = decode_reply(recv(taker)[-1])
+    assert reply.id == "take" and reply.status == 200 and reply.body == {"jobs": []}
+
+
+def test_a_wall_clock_step_forward_ends_no_zest_observation(
+    ctx: zmq.Context[Any], store: RunningStore, clocks: Clocks
+) -> None:
+    sock = socket(ctx, zmq.DEALER, store.endpoint)
+    sock.send(zest.encode_request("GET", "/ds/job/app1", observe="data", max_age=60))
+    assert zest.decode_reply(recv(sock)[-1]).code == zest.CONTENT
+    clocks.wall += 2 * HOUR  # no time has passed: the observation has 60 s left
+    round_trip(sock, 1)  # a batch runs, and observers past their max_age go
+    assert stats(sock)["zest_observers"] == 1

@@ -11,15 +11,15 @@ import cbor2
 import pytest
 import zmq
 
-from jobstore import check, server
-from jobstore.auth import Authoriser
 from jobstore.protocol import Reply, cbor, shown, zest
 from jobstore.protocol.cbor import decode_reply, encode_request
 from jobstore.records import Job
-from jobstore.server import ServerConfig
-from jobstore.service import Service
 from jobstore.states import Status
-from jobstore.storage import Storage
+from jobstore.store import check, server
+from jobstore.store.auth import Authoriser
+from jobstore.store.operations import Service
+from jobstore.store.server import ServerConfig
+from jobstore.store.storage import Storage
 
 from .conftest import RunningStore, StoreFactory, recv
 

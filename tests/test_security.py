@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import zmq
 
-from jobstore.auth import Authoriser, mint
 from jobstore.client import JobClient
 from jobstore.errors import RequestFailed
 from jobstore.protocol.cbor import decode_reply, encode_request
+from jobstore.store.auth import Authoriser, mint
 
 from .conftest import StoreFactory
 

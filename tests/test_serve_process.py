@@ -17,8 +17,9 @@ import pytest
 from jobstore.client import Driver, JobClient
 from jobstore.errors import ConfigError, RequestFailed
 from jobstore.protocol import Request
-from jobstore.service import Service
-from jobstore.storage import LOCK_FILE, Storage, check_data_file
+from jobstore.store.datadir import LOCK_FILE, check_data_file
+from jobstore.store.operations import Service
+from jobstore.store.storage import Storage
 
 JOBSTORE = [sys.executable, "-m", "jobstore"]
 

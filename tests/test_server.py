@@ -10,10 +10,10 @@ import pytest
 import zmq
 
 from jobstore.errors import ProtocolError
-from jobstore.notify import open_sealed
 from jobstore.protocol import zest
 from jobstore.protocol.cbor import decode_reply, encode_request
-from jobstore.service import Limits
+from jobstore.protocol.sealed import open_sealed
+from jobstore.store.operations import Limits
 
 from .conftest import RunningStore, StoreFactory, recv
 

@@ -5,13 +5,14 @@ import cbor2
 import pytest
 
 from jobstore import records
-from jobstore.check import check
 from jobstore.errors import ConfigError
 from jobstore.protocol import Request
 from jobstore.records import Job
-from jobstore.service import Service
 from jobstore.states import Status
-from jobstore.storage import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, Storage, u64
+from jobstore.store.check import check
+from jobstore.store.keys import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, u64
+from jobstore.store.operations import Service
+from jobstore.store.storage import Storage
 
 JOB = Job(
     "ds",
@@ -44,13 +45,13 @@ def _old_store(path: Path, jobs: list[Job], old_format: int) -> None:
                 old = cbor2.dumps([*job[:4], job.status.value, *job[5:13], list(job.history)])
             else:
                 old = u64(job.lease_until) + records.encode(job)
-            txn.txn.put(f"ds\0{job.job}\0".encode(), old, db=storage.dbs["jobs"])
+            txn.put_raw("jobs", f"ds\0{job.job}\0".encode(), old)
         txn.set_counter(SEQ_KEY, max(job.seq for job in jobs))
-        txn.txn.delete(CLOCK_KEY, db=storage.dbs["meta"])
+        txn.delete_raw("meta", CLOCK_KEY)
         if old_format == 1:
-            txn.txn.delete(FORMAT_KEY, db=storage.dbs["meta"])
+            txn.delete_raw("meta", FORMAT_KEY)
         else:
-            txn.txn.put(FORMAT_KEY, u64(old_format), db=storage.dbs["meta"])
+            txn.put_raw("meta", FORMAT_KEY, u64(old_format))
     storage.close()
 
 
@@ -158,7 +159,7 @@ def test_a_record_read_back_is_the_same_from_the_cache_and_from_the_bytes(tmp_pa
         txn.put(JOB, None)
     with storage.read() as txn:
         cached = txn.get("ds", "j1")
-        storage.decoded.clear()
+        storage.cache.decoded.clear()
         assert cached == txn.get("ds", "j1") == JOB
 
 

@@ -14,12 +14,13 @@ from typing import Any
 import lmdb
 import pytest
 
-from jobstore.engine import WATCH_MS
 from jobstore.protocol import Request
 from jobstore.records import Job
-from jobstore.service import Limits, Outcome, Service
 from jobstore.states import Status
-from jobstore.storage import CACHE_RECORD_MAX, Storage
+from jobstore.store.cache import CACHE_RECORD_MAX, RecordCache
+from jobstore.store.engine import WATCH_MS
+from jobstore.store.operations import Limits, Outcome, Service
+from jobstore.store.storage import Storage
 
 T0 = 1_700_000_000_000
 KiB = 1 << 10
@@ -189,10 +190,10 @@ def test_the_decoded_cache_stays_within_its_byte_bound(tmp_path: Path) -> None:
         )
         with storage.write() as txn:
             txn.put(job, txn.get("ds", job.job))
-        charged = sum(Storage.cost(dsid, value) for dsid, value in storage.decoded)
-        assert storage.decoded_bytes == charged <= storage.cache_bytes
-        assert all(len(value) <= CACHE_RECORD_MAX for _, value in storage.decoded)
-    assert storage.decoded  # small records are still kept
+        charged = sum(RecordCache.cost(dsid, value) for dsid, value in storage.cache.decoded)
+        assert storage.cache.decoded_bytes == charged <= storage.cache.cache_bytes
+        assert all(len(value) <= CACHE_RECORD_MAX for _, value in storage.cache.decoded)
+    assert storage.cache.decoded  # small records are still kept
 
 
 def test_writes_get_503_once_the_data_directory_is_moved_away(
@@ -246,7 +247,7 @@ def test_an_index_entry_of_a_missing_record_is_a_500_naming_it_and_the_store_goe
         assert store.submit(job)[0] == 201
     with store.storage.env.begin(write=True) as txn:
         txn.delete(b"ds\0lost\0", db=store.storage.dbs["jobs"])
-    store.storage.decoded.clear()
+    store.storage.cache.decoded.clear()
     status, _, error = store.call("POST", "/server/ds/job/take", {"max": 2})
     assert status == 500 and "internal error" in error
     assert "index points at missing job ds/lost: run jobstore check" in caplog.text

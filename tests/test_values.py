@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from jobstore.errors import ProtocolError
 from jobstore.protocol import Reply, Request, shown, zest
 from jobstore.protocol.cbor import decode_request, encode_request
-from jobstore.validation import MAX_DEPTH, check_plain
+from jobstore.store.validation import MAX_DEPTH, check_plain
 
 from .test_service import Harness
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from jobstore import watch as watch_module
+from jobstore.cli import watch as watch_module
+from jobstore.cli.watch import RICH_HINT, add_cli, run_watch
+from jobstore.cli.watchstate import WatchState, parse_progress
 from jobstore.errors import ConfigError, Timeout
-from jobstore.watch import RICH_HINT, add_cli, run_watch
-from jobstore.watchstate import WatchState, parse_progress
 
 from .conftest import RunningStore
 

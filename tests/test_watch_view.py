@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from jobstore.watch import _PlainView
-from jobstore.watchstate import WatchState
+from jobstore.cli.watch import _PlainView
+from jobstore.cli.watchstate import WatchState
 
 
 def rec(job: str, status: str, seq: int, **extra: Any) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def test_a_cancel_request_shows() -> None:
 
 def test_the_live_view_shows_running_and_the_cancel_request() -> None:
     pytest.importorskip("rich")
-    from jobstore.watch import _LiveView
+    from jobstore.cli.watch import _LiveView
 
     state = WatchState()
     state.apply(rec("a", "accepted", 1, cancel_requested=True))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from jobstore.errors import BadRequest, ProtocolError
 from jobstore.protocol import Reply, Request, zest
-from jobstore.validation import check_plain
+from jobstore.store.validation import check_plain
 
 from .hostile import HOSTILE, TRAILING, json_text
 

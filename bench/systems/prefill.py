@@ -1,6 +1,6 @@
 """Fill a jobstore data directory with finished jobs, in-process, for the 1M-jobs-stored runs.
 
-The records go in through :class:`jobstore.storage.Storage` exactly as the
+The records go in through :class:`jobstore.store.storage.Storage` exactly as the
 service would leave them after submit, take and complete: status ``complete``,
 one attempt, a response, their index entries, the store's change counter and
 each notification topic's last seq. They belong to other clients than the
@@ -16,10 +16,11 @@ from pathlib import Path
 
 from harness import RESPONSE, make_request
 
-from jobstore.notify import client_topic, server_topic
+from jobstore.protocol.sealed import client_topic, server_topic
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.storage import SEQ_KEY, Storage
+from jobstore.store.keys import SEQ_KEY
+from jobstore.store.storage import Storage
 
 BATCH = 50_000
 CLIENTS = 1000

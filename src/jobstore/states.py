@@ -1,4 +1,5 @@
-"""The job state machine of contract sections 3 and 10: every allowed transition, in one table.
+"""The job state machine of docs/protocol.md ("The job record", "Scheduling and queue control"):
+every allowed transition, in one table.
 
 Nothing outside this module decides which status follows which; the service
 asks :func:`apply`, and anything not in :data:`TRANSITIONS` is an
@@ -31,7 +32,7 @@ class Status(StrEnum):
     @property
     def queued(self) -> bool:
         """Waiting for a server to take it."""
-        return self in (Status.SUBMITTED, Status.RETRYING)
+        return self in QUEUED
 
 
 class Event(StrEnum):
@@ -52,6 +53,7 @@ class Event(StrEnum):
 
 
 TERMINAL = frozenset({Status.COMPLETE, Status.CANCELLED, Status.FORBIDDEN, Status.FAILED})
+QUEUED = frozenset({Status.SUBMITTED, Status.RETRYING})  # waiting for a server to take them
 
 S, E = Status, Event
 

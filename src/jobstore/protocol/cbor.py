@@ -1,4 +1,4 @@
-"""The native codec: one CBOR map per request frame and per reply frame (contract section 2)."""
+"""The native codec: one CBOR map per request frame and per reply frame (docs/protocol.md, "Native frames")."""
 
 from __future__ import annotations
 

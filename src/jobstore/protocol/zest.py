@@ -1,10 +1,10 @@
-"""The Zest codec: databox core-store (zestdb) frames <-> Request/Reply (contract section 7).
+"""The Zest codec: databox core-store (zestdb) frames <-> Request/Reply (docs/protocol.md, "Zest").
 
 A frame is ``code:u8 | option count:u8 | token length:u16 BE | token | options | payload``
 and each option is ``number:u16 BE | length:u16 BE | value``. This module is pure: bytes
 in, values out, and any malformed request frame raises ProtocolError, never anything else.
 
-Where neither zestdb nor the contract decides, this codec chooses:
+Where neither zestdb nor docs/protocol.md decides, this codec chooses:
 
 * A request without content_format (option 12) is JSON (50). zestdb fails such a
   request; JSON is what databox clients send, so defaulting is kinder than refusing.

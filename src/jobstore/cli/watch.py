@@ -1,0 +1,515 @@
+"""``jobstore watch``: a live view of a datasource's jobs, fed by its subscription.
+
+:class:`~jobstore.cli.watchstate.WatchState` is the pure part. :func:`run_watch` follows a
+:class:`~jobstore.client.Watch` in a thread, folds what arrives into the state and
+draws it a few times a second: with rich (``pip install 'jobstore[watch]'``) on a
+terminal, else as one summary line a second, or as JSON lines for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO
+
+from ..client import Driver, JobClient, Record, notify_endpoint_for
+from ..errors import ClientError, ConfigError, RequestFailed, Timeout
+from .watchstate import DISPLAY_ORDER, WatchState, label
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+Output = Literal["auto", "live", "plain", "json"]
+
+QUIET = 1.0  # seconds a watch may be quiet before the feeder thread looks up (to stop or reopen)
+RETRY = 1.0  # seconds between attempts to reach a store that stopped answering
+RICH_HINT = "the live view needs rich: pip install 'jobstore[watch]'"
+
+
+# Following a store
+
+
+class RecordStream(Protocol):
+    """An iterator of job records that can be closed, such as a :class:`~jobstore.client.Watch`."""
+
+    def __iter__(self) -> Iterator[Record]: ...
+
+    def __next__(self) -> Record: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """What :func:`run_watch` follows: a Driver (a whole datasource) or a JobClient (one client)."""
+
+    dsid: str
+
+    def watch(
+        self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None
+    ) -> RecordStream: ...
+
+
+class Clock(Protocol):
+    """Where :func:`run_watch` reads the time and waits; tests pass one they move by hand."""
+
+    def now(self) -> float:
+        """Seconds on a clock that only moves forward."""
+        ...
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        """Return when ``event`` is set or ``seconds`` of this clock have passed."""
+        ...
+
+
+class MonotonicClock:
+    """The real clock: time.monotonic, and waiting on the event itself."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> None:
+        event.wait(seconds)
+
+
+def subscription_seq(source: Source) -> int:
+    """The seq of the last change on the source's topic now: later ones are live, earlier history.
+
+    Any source other than a Driver or JobClient has no topic to ask: 0, all of it is live.
+    """
+    if isinstance(source, JobClient):
+        reply = source.conn.call("POST", f"/sub/{source.dsid}/job", {"client": source.client})
+    elif isinstance(source, Driver):
+        reply = source.conn.call("POST", f"/sub/server/{source.dsid}/job", {})
+    else:
+        return 0
+    return int(reply["seq"])
+
+
+class _Feeder:
+    """Follows a source in a thread, handing its records to the drawing loop through a queue.
+
+    The watch's sockets are used by this thread alone. A watch that is quiet for
+    QUIET seconds ends with Timeout; the thread then stops if asked, or reopens it
+    from the last seq, so nothing is missed. While the store does not answer,
+    ``problem`` says so and the thread keeps trying.
+    """
+
+    def __init__(self, source: Source, first: RecordStream) -> None:
+        self.records: queue.SimpleQueue[Record] = queue.SimpleQueue()
+        self.ended = threading.Event()
+        self.error: Exception | None = None
+        self.problem: str | None = None
+        self._source = source
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(first,), name="jobstore-watch", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to stop and wait for it (within a reply timeout and a quiet period)."""
+        self._stop.set()
+        self._thread.join(QUIET + 10)
+
+    def drain_into(self, state: WatchState) -> None:
+        """Apply every record received so far."""
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                return
+            state.apply(record)
+
+    def _run(self, stream: RecordStream | None) -> None:
+        since = 0
+        try:
+            while stream is not None:
+                try:
+                    for record in stream:
+                        self.records.put(record)
+                        since = record["seq"]
+                        if self._stop.is_set():
+                            return
+                    return  # the source ended: only a finite (test) source does
+                except Timeout:
+                    pass  # quiet, or a reply was late: look up, then go on from `since`
+                except RequestFailed as exc:
+                    if exc.status < 500:
+                        raise
+                    self.problem = f"the store answered {exc.status}: {exc.message}"
+                finally:
+                    stream.close()
+                stream = self._reopen(since)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def _reopen(self, since: int) -> RecordStream | None:
+        while not self._stop.is_set():
+            try:
+                stream = self._source.watch(since, timeout=QUIET)
+            except Timeout as exc:
+                self.problem = f"{exc.message}; retrying"
+            except RequestFailed as exc:
+                if exc.status < 500:
+                    raise
+                self.problem = f"the store answered {exc.status}: {exc.message}; retrying"
+            else:
+                self.problem = None
+                return stream
+            self._stop.wait(RETRY)
+        return None
+
+
+# Drawing
+
+
+class _View(Protocol):
+    def draw(self, state: WatchState, problem: str | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _now_text() -> str:
+    return datetime.now().strftime("%H:%M:%S")
+
+
+def _ms_text(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).strftime("%H:%M:%S.%f")[:-3]
+
+
+class _PlainView:
+    """One summary line per draw, for pipes, logs and dumb terminals."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        self._out, self._label = out, label
+
+    def draw(self, state: WatchState, problem: str | None) -> None:
+        counts = "  ".join(f"{label(name)} {n}" for name, n in state.counts.items()) or "no jobs"
+        changes, finished = state.rates()
+        line = (
+            f"{_now_text()} {self._label}  {counts} | {changes:.1f} changes/s "
+            f"{finished:.1f} finished/s | seq {state.seq}"
+        )
+        if problem:
+            line += f" | {problem}"
+        print(line, file=self._out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _JsonView:
+    """One JSON object per draw: the state's summary with the time and what is watched."""
+
+    def __init__(self, out: TextIO, dsid: str, client: str | None) -> None:
+        self._out, self._dsid, self._client = out, dsid, client
+
+    def draw(self, state: WatchState, problem: str | None) -> None:
+        head = {"time": round(time.time(), 3), "dsid": self._dsid, "client": self._client}
+        line = json.dumps({**head, "problem": problem, **state.summary()})
+        print(line, file=self._out, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+STATUS_STYLES = {
+    "submitted": "blue",
+    "retrying": "yellow",
+    "accepted": "cyan",
+    "complete": "green",
+    "cancelled": "magenta",
+    "forbidden": "red",
+    "failed": "bold red",
+}
+
+
+class _LiveView:
+    """A rich Live screen redrawn in place: plain ANSI, no mouse, so it works over SSH."""
+
+    def __init__(self, out: TextIO, label: str) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self._label = label
+        self._console = Console(file=out, force_terminal=True)
+        self._live = Live(
+            console=self._console,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
+            vertical_overflow="crop",
+        )
+        self._live.start()
+
+    def draw(self, state: WatchState, problem: str | None) -> None:
+        self._live.update(self._render(state, problem), refresh=True)
+
+    def close(self) -> None:
+        self._live.stop()
+
+    def _render(self, state: WatchState, problem: str | None) -> RenderableType:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        parts: list[RenderableType] = [
+            Text.assemble(
+                ("jobstore watch ", "bold"),
+                (self._label, "bold cyan"),
+                f"   seq {state.seq}   {_now_text()}",
+            )
+        ]
+        if problem:
+            parts.append(Text(problem, style="bold red"))
+        counts = state.counts
+        grid = Table.grid(padding=(0, 3))
+        names = [*DISPLAY_ORDER, *(n for n in counts if n not in DISPLAY_ORDER)]
+        for _ in names:
+            grid.add_column(justify="right")
+        grid.add_row(*(Text(label(n), style=STATUS_STYLES.get(n, "")) for n in names))
+        grid.add_row(*(str(counts.get(n, 0)) for n in names))
+        changes, finished = state.rates()
+        parts += [
+            Text(),
+            grid,
+            Text(),
+            Text.assemble(
+                (f"{changes:,.1f}", "bold"),
+                " changes/s   ",
+                (f"{finished:,.1f}", "bold"),
+                f" jobs finished/s   over the last {state.window:g} s;"
+                f" {state.unfinished} unfinished",
+            ),
+        ]
+        # Fit the screen: the header lines above, and a title and a header row per table.
+        room = self._console.size.height - len(parts) - 6
+        running = state.running
+        shown = min(len(running), max(0, room // 2))
+        if running:
+            bars = Table(box=None, title="running", title_justify="left", show_header=False)
+            bars.add_column(no_wrap=True, overflow="ellipsis", max_width=32)
+            bars.add_column(no_wrap=True, overflow="ellipsis", max_width=20)
+            bars.add_column()
+            bars.add_column(justify="right", no_wrap=True)
+            for p in running[:shown]:
+                bar = ProgressBar(total=p.total, completed=min(p.done, p.total), width=30)
+                bars.add_row(p.job, p.client, bar, f"{p.done:g}/{p.total:g} {p.fraction:4.0%}")
+            if shown < len(running):
+                bars.add_row(Text(f"… and {len(running) - shown} more", style="dim"))
+            parts += [Text(), bars]
+            room -= shown + 2
+        recent = Table(box=None, title="recent changes", title_justify="left")
+        recent.add_column("time", no_wrap=True)
+        recent.add_column("job", no_wrap=True, overflow="ellipsis", max_width=40)
+        recent.add_column("client", no_wrap=True, overflow="ellipsis", max_width=24)
+        recent.add_column("status", no_wrap=True)
+        for change in state.recent[: max(1, room)]:
+            recent.add_row(
+                _ms_text(change.updated),
+                change.job,
+                change.client,
+                Text(change.label, style=STATUS_STYLES.get(change.status, "")),
+            )
+        parts += [Text(), recent]
+        return Group(*parts)
+
+
+def rich_available() -> bool:
+    """Whether rich can be imported (the ``watch`` extra)."""
+    try:
+        import rich.live  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_output(requested: Output, out: TextIO) -> tuple[Output, str | None]:
+    """The output to use, and why the live view was not chosen when it would have been wanted.
+
+    ``auto`` is the live view on a terminal that can move its cursor, with rich installed;
+    else plain lines.
+    """
+    if requested != "auto":
+        return requested, None
+    if not out.isatty() or os.environ.get("TERM", "dumb") in ("", "dumb"):
+        return "plain", None
+    if not rich_available():
+        return "plain", RICH_HINT
+    return "live", None
+
+
+def run_watch(
+    source: Source,
+    *,
+    interval: float = 0.25,
+    seconds: float | None = None,
+    output: Output = "auto",
+    out: TextIO | None = None,
+    window: float = 5.0,
+    clock: Clock | None = None,
+) -> int:
+    """Follow ``source`` and draw its state every ``interval`` s until ``seconds`` have passed.
+
+    ``source`` is a :class:`Driver` for the whole datasource, or a :class:`JobClient`
+    for its client's jobs. Records are taken in by a thread and folded into a
+    :class:`WatchState` once per draw, so the view keeps up with thousands of changes
+    a second. ``output``: ``live`` (rich), ``plain`` (a line per draw, at most one a
+    second), ``json`` (an object per draw) or ``auto``. Runs until interrupted when
+    ``seconds`` is None. Errors of the first subscription (unreachable store, a token
+    refused) are raised; later the view shows them and keeps trying. ``clock`` times the
+    draws, the deadline and the throughput (by default the monotonic clock).
+    """
+    clock = clock or MonotonicClock()
+    out = out or sys.stdout
+    output, why = choose_output(output, out)
+    if why:
+        print(f"jobstore watch: {why}; printing a summary line a second", file=sys.stderr)
+    client = source.client if isinstance(source, JobClient) else None
+    label = source.dsid if client is None else f"{source.dsid} (client {client})"
+    state = WatchState(baseline_seq=subscription_seq(source), window=window, clock=clock.now)
+    feeder = _Feeder(source, source.watch(0, timeout=QUIET))
+    period = max(interval, 1.0) if output == "plain" else interval
+    view: _View
+    try:
+        if output == "live":
+            view = _LiveView(out, label)
+        elif output == "json":
+            view = _JsonView(out, source.dsid, client)
+        else:
+            view = _PlainView(out, label)
+    except BaseException:
+        feeder.stop()
+        raise
+    try:
+        now = clock.now()
+        deadline = math.inf if seconds is None else now + seconds
+        next_draw = now + period
+        while True:
+            # Wake to draw, or at once when the feeder ends (a finite source, or an error).
+            clock.wait(feeder.ended, max(0.0, min(next_draw, deadline) - clock.now()))
+            feeder.drain_into(state)
+            if feeder.error is not None:
+                raise feeder.error
+            now = clock.now()
+            if feeder.ended.is_set() or now >= deadline:
+                break
+            if now >= next_draw:
+                view.draw(state, feeder.problem)
+                next_draw += period
+                if next_draw <= now:  # drawing fell behind: skip the missed frames
+                    next_draw = now + period
+        view.draw(state, feeder.problem)
+    finally:
+        feeder.stop()
+        view.close()
+    return 0
+
+
+# The command
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def add_cli(subparsers: Any) -> None:
+    """Add the ``watch`` subcommand to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "watch",
+        help="a live view of a datasource's jobs",
+        description="Follow a datasource through its subscription and show the jobs in each "
+        "status, changes and finished jobs per second, the latest changes, and a progress bar "
+        'for each running job reporting {"done": n, "total": m}. On a terminal with rich '
+        "installed (pip install 'jobstore[watch]') the view is redrawn in place; otherwise "
+        "one summary line is printed a second.",
+        epilog="examples:\n"
+        "  jobstore watch sensor-jobs\n"
+        '  jobstore watch sensor-jobs --client app1 --token "$APP1_TOKEN"\n'
+        "  jobstore watch sensor-jobs --json --seconds 10 --interval 1 | jq .counts",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("dsid", help="datasource (job queue) id")
+    p.add_argument(
+        "--client",
+        help="only this client's jobs, with that client's token (default: the whole "
+        "datasource, with a driver's token)",
+    )
+    p.add_argument(
+        "--endpoint",
+        default=os.environ.get("JOBSTORE_ENDPOINT", "tcp://127.0.0.1:5555"),
+        help="store request endpoint (JOBSTORE_ENDPOINT)",
+    )
+    p.add_argument(
+        "--notify-endpoint",
+        help="store notify endpoint (default: the request endpoint's tcp port + 2)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("JOBSTORE_TOKEN"), help="macaroon (JOBSTORE_TOKEN)"
+    )
+    p.add_argument(
+        "--server-key",
+        default=os.environ.get("JOBSTORE_SERVER_KEY"),
+        help="store's CURVE public key, Z85 (JOBSTORE_SERVER_KEY)",
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--plain", action="store_true", help="a summary line a second, even on a terminal"
+    )
+    how.add_argument(
+        "--json", action="store_true", help="a JSON object with the state every interval"
+    )
+    p.add_argument(
+        "--interval",
+        type=_positive,
+        default=0.25,
+        help="seconds between redraws or JSON objects (0.25; plain lines: at least 1)",
+    )
+    p.add_argument("--seconds", type=_positive, help="stop after this many seconds")
+    p.set_defaults(func=cmd_watch)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """The ``watch`` command: a Driver or (with --client) a JobClient, then :func:`run_watch`."""
+    notify = args.notify_endpoint
+    if notify is None:
+        try:
+            notify = notify_endpoint_for(args.endpoint)
+        except ClientError:
+            raise ConfigError(
+                f"cannot guess the notify endpoint for {args.endpoint}: pass --notify-endpoint"
+            ) from None
+    output: Output = "json" if args.json else "plain" if args.plain else "auto"
+    source: Driver | JobClient
+    if args.client:
+        source = JobClient(
+            args.endpoint,
+            args.dsid,
+            args.client,
+            args.token,
+            server_key=args.server_key,
+            notify_endpoint=notify,
+        )
+    else:
+        source = Driver(
+            args.endpoint, args.dsid, args.token, server_key=args.server_key, notify_endpoint=notify
+        )
+    with source:
+        return run_watch(source, interval=args.interval, seconds=args.seconds, output=output)

@@ -1,0 +1,117 @@
+"""``jobstore check``: verify a data directory's records, indexes and counters agree."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cbor2
+
+from .. import records
+from ..errors import ConfigError
+from ..protocol import zest
+from .datadir import DATA_FILE
+from .keys import (
+    COUNT_PREFIX,
+    EMPTY_VALUED,
+    FORMAT,
+    INDEXES,
+    SEQ_KEY,
+    STATUS_PREFIX,
+    TOPIC_PREFIX,
+    count_key,
+    index_keys,
+    record_key,
+    status_key,
+)
+from .storage import Storage, Txn
+
+
+def check(path: str | Path) -> tuple[int, list[str]]:
+    """Return (records checked, problems found); an empty problem list means the directory is sound."""
+    if not (Path(path) / DATA_FILE).exists():
+        raise ConfigError(f"no jobstore data in {path}: expected {Path(path) / DATA_FILE}")
+    storage = Storage(path, readonly=True)
+    try:
+        with storage.read() as txn:
+            if txn.format() != FORMAT:
+                raise ConfigError(
+                    f"the data in {path} is in storage format {txn.format()}, and this jobstore "
+                    f"checks format {FORMAT}: run `jobstore serve` on it once to upgrade it, "
+                    "then check again"
+                )
+            return _check(txn)
+    finally:
+        storage.close()
+
+
+def _unencodable(job: records.Job) -> list[str]:
+    """Why the store could not send ``job`` back, on each codec it cannot (an older version
+    stored values, such as NaN, that are refused at write today)."""
+    wire, found = job.wire(), []
+    for codec, encode in (("CBOR", cbor2.dumps), ("JSON", zest.encode_json)):
+        try:
+            encode(wire)
+        except Exception as exc:
+            found.append(
+                f"job {job.dsid}/{job.job} cannot be sent as {codec} ({exc}): every read of it "
+                "in that format gets 500; cancel or finish it, or let retention purge it"
+            )
+    return found
+
+
+def _check(txn: Txn) -> tuple[int, list[str]]:
+    problems: list[str] = []
+    counter = txn.seq()
+    expected: dict[str, dict[bytes, bytes]] = {db: {} for db in INDEXES}
+    seqs: Counter[int] = Counter()
+    active: Counter[bytes] = Counter()
+    count = 0
+    for key, value in txn.entries("jobs"):
+        count += 1
+        try:
+            job = records.load(key.split(b"\0", 1)[0].decode(), value)
+        except Exception as exc:
+            problems.append(f"record {key!r} does not decode: {exc}")
+            continue
+        if key != record_key(job.dsid, job.job):
+            problems.append(
+                f"record {key!r} is stored under the wrong key for {job.dsid}/{job.job}"
+            )
+        problems += _unencodable(job)
+        seqs[job.seq] += 1
+        if job.seq > counter:
+            problems.append(
+                f"job {job.dsid}/{job.job} has seq {job.seq} above the store counter {counter}"
+            )
+        if not job.status.terminal:
+            active[count_key(job.dsid)] += 1
+            active[count_key(job.dsid, job.client)] += 1
+        active[status_key(job.dsid, job.status.value)] += 1
+        for db, index_key in index_keys(job).items():
+            expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
+    problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
+    for db, wanted in expected.items():
+        found = dict(txn.entries(db))
+        for index_key, value in wanted.items():
+            if found.get(index_key) != value:
+                problems.append(f"{db} index lacks the entry {index_key!r} of its record")
+        problems += [
+            f"{db} index entry {k!r} points at no record that owns it"
+            for k in found.keys() - wanted.keys()
+        ]
+    for key, value in txn.entries("meta"):
+        if key.startswith((COUNT_PREFIX, STATUS_PREFIX)) and int.from_bytes(
+            value, "big"
+        ) != active.pop(key, 0):
+            problems.append(
+                f"job count {key!r} is {int.from_bytes(value, 'big')}, records say otherwise"
+            )
+        elif key.startswith(TOPIC_PREFIX) and int.from_bytes(value, "big") > counter:
+            problems.append(
+                f"topic {key[len(TOPIC_PREFIX) :]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
+            )
+    problems += [f"job count {key!r} is missing ({n} jobs)" for key, n in active.items() if n]
+    if txn.meta(SEQ_KEY) is None and count:
+        problems.append("records exist but the seq counter is missing")
+    return count, problems

@@ -1,0 +1,53 @@
+"""Storage formats: rewriting the data an older jobstore stored, in place, when a store opens it.
+
+Format 3 added the lease a job was taken with to a record's prefix and moved lease
+deadlines from the wall clock to the store clock; formats 1 (records as CBOR
+arrays) and 2 (an 8-byte wall-clock deadline before the record) are upgraded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .. import records
+from ..errors import ConfigError
+from .keys import FORMAT, FORMAT_KEY, u64
+
+if TYPE_CHECKING:
+    from .storage import Txn
+
+
+def upgrade(txn: Txn, wall_now: int | None = None) -> None:
+    """Rewrite records stored by an older jobstore in the current format.
+
+    Formats 1 and 2 kept lease deadlines on the wall clock; each moves to the
+    store clock with the time it had left at ``wall_now`` (at least 1 ms), and
+    its lease becomes the store's default (``lease_ms`` 0).
+    """
+    found = txn.format()
+    if found > FORMAT:
+        raise ConfigError(
+            f"the data in {txn.storage.path} was written by a newer jobstore (storage format "
+            f"{found}, this one reads {FORMAT}): upgrade jobstore"
+        )
+    if found < FORMAT:
+        _rewrite(txn, found, time.time_ns() // 1_000_000 if wall_now is None else wall_now)
+    txn.set_meta(FORMAT_KEY, u64(FORMAT))
+
+
+def _rewrite(txn: Txn, found: int, wall_now: int) -> None:
+    clock = txn.clock()
+    for key, value in list(txn.entries("jobs")):
+        if found == 1:
+            job = records.load_v1(value)
+            encoded = records.encode(job)
+        else:
+            job = records.load_v2(key.split(b"\0", 1)[0].decode(), value)
+            encoded = value[8:]
+        if job.lease_until:
+            moved = job.evolve(lease_until=clock + max(1, job.lease_until - wall_now))
+            txn.delete_raw("leases", u64(job.lease_until) + key)
+            txn.put_raw("leases", u64(moved.lease_until) + key, b"")
+            job = moved
+        txn.put_raw("jobs", key, records.dump(job, encoded))

@@ -1,0 +1,104 @@
+"""Every LMDB key the store writes: the databases, their key layouts, prefixes and builders.
+
+Names never contain NUL, so NUL separates key parts; seq and times are 8-byte
+big-endian so keys sort numerically.
+
+=========  ==============================  =====================================
+database   key                             value
+=========  ==============================  =====================================
+jobs       dsid NUL job NUL                record (:func:`jobstore.records.dump`)
+queue      dsid NUL seq                    job id of a submitted/retrying job
+clients    dsid NUL client NUL seq         job id, one entry per job at its last change
+changes    dsid NUL seq                    job id, one entry per job at its last change
+leases     lease_until dsid NUL job NUL    empty: accepted jobs by lease deadline
+done       updated dsid NUL job NUL        empty: terminal jobs by when they ended (retention)
+meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
+           b"cat", b"n:"dsid NUL[client    the hypercat items (a CBOR array), active job counts,
+           NUL], b"s:"dsid NUL status NUL, job counts by status, the storage format (absent in
+           b"format", b"clock"             format 1, which stored records as CBOR arrays), and the
+                                           store clock's last committed reading (ms)
+=========  ==============================  =====================================
+
+The index entries of a record are a function of the record alone
+(:func:`entries`), so a write replaces exactly the old record's entries with the
+new one's; ``check`` rebuilds them with the same function.
+"""
+
+from __future__ import annotations
+
+from ..records import Job
+from ..states import QUEUED, TERMINAL
+
+FORMAT = 3  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+SEQ_KEY = b"seq"
+SECRET_KEY = b"secret"
+CATALOGUE_KEY = b"cat"
+FORMAT_KEY = b"format"
+CLOCK_KEY = b"clock"
+TOPIC_PREFIX = b"t:"  # then the topic name: the last seq published there
+COUNT_PREFIX = b"n:"  # then dsid NUL [client NUL]: unfinished jobs
+STATUS_PREFIX = b"s:"  # then dsid NUL status NUL: jobs in that status
+
+DATABASES = ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
+INDEXES = ("clients", "changes", "queue", "leases", "done")
+EMPTY_VALUED = frozenset({"leases", "done"})  # the others hold the job id
+NO_ENTRIES = (None,) * len(INDEXES)
+U64 = 8
+
+
+def u64(n: int) -> bytes:
+    return n.to_bytes(U64, "big")
+
+
+def name(*parts: str) -> bytes:
+    """Key parts, each ended by NUL: ``name(dsid)`` prefixes a datasource's keys."""
+    return "\0".join(parts).encode() + b"\0"
+
+
+def record_key(dsid: str, job: str) -> bytes:
+    """The key of a record in ``jobs``; the tail of its ``leases`` and ``done`` keys."""
+    return name(dsid, job)
+
+
+def count_key(*parts: str) -> bytes:
+    """The meta key of the unfinished-job count of a datasource, or of one client in it."""
+    return COUNT_PREFIX + name(*parts)
+
+
+def status_key(dsid: str, status: str) -> bytes:
+    """The meta key of the count of a datasource's jobs in one status."""
+    return STATUS_PREFIX + name(dsid, status)
+
+
+def topic_key(topic: str) -> bytes:
+    """The meta key of the last seq published on a topic."""
+    return TOPIC_PREFIX + topic.encode()
+
+
+def entries(job: Job, ds: bytes, key: bytes) -> tuple[bytes | None, ...]:
+    """The index keys a record owns, in :data:`INDEXES` order (None where it has none).
+
+    ``ds`` is ``name(job.dsid)`` and ``key`` the record's own key, ``record_key(job.dsid, job.job)``:
+    the hot path has them already.
+    """
+    seq = job.seq.to_bytes(U64, "big")
+    status = job.status
+    return (
+        ds + job.client.encode() + b"\0" + seq,
+        ds + seq,
+        ds + seq if status in QUEUED else None,
+        job.lease_until.to_bytes(U64, "big") + key if job.lease_until else None,
+        job.updated.to_bytes(U64, "big") + key if status in TERMINAL else None,
+    )
+
+
+def index_keys(job: Job) -> dict[str, bytes]:
+    """The index entries (database name -> key) a record owns."""
+    found = entries(job, name(job.dsid), record_key(job.dsid, job.job))
+    return {db: key for db, key in zip(INDEXES, found, strict=True) if key is not None}
+
+
+def split_timed(key: bytes) -> tuple[int, str, str]:
+    """(time, dsid, job) of a ``leases`` or ``done`` key."""
+    dsid, job, _ = bytes(key[U64:]).decode().split("\0")
+    return int.from_bytes(key[:U64], "big"), dsid, job
