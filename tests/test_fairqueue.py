@@ -1,4 +1,4 @@
-"""The take order (contract §10) over in-memory sorted indexes, against a brute-force reference."""
+"""The take order over in-memory sorted indexes, against a brute-force reference."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from jobstore import fairqueue
-from jobstore.fairqueue import Entry
+from jobstore.store import fairqueue
+from jobstore.store.fairqueue import Entry
 
 
 class MemoryIndex:
@@ -57,7 +57,7 @@ class MemoryIndex:
 
 
 class Reference:
-    """Contract §10's take order stated by brute force: every take looks at every queued job.
+    """The take order of docs/protocol.md stated by brute force: every take looks at every queued job.
 
     Each (datasource, priority) has a line of the clients with due jobs there: a client joins
     at the back when it gains one, leaves when it has none, and goes to the back when served.
@@ -128,7 +128,7 @@ PRIORITIES = (-100, -1, 0, 0, 0, 5, 100)
 class TakeOrder(RuleBasedStateMachine):
     """Submits, takes, cancels, hand-backs and the clock, on the indexes and the reference alike.
 
-    Beyond agreeing with the reference, every take is checked against the contract's words:
+    Beyond agreeing with the reference, every take is checked against the documented words:
     due jobs only, the highest priority, a client's jobs in queue order, and no client served
     twice at a priority while another client waits there with due jobs.
     """

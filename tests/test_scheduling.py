@@ -1,4 +1,4 @@
-"""Submit options, queue settings and the retry backoff of contract §10, without a store."""
+"""Submit options, queue settings and the retry backoff, without a store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jobstore.errors import BadRequest
-from jobstore.scheduling import (
+from jobstore.store.scheduling import (
     MAX_TIME,
     Settings,
     Timing,

@@ -144,7 +144,7 @@ def _load(dsid: str, data: bytes, prefix: int, lease_ms: int) -> Job:
         int.from_bytes(data[:8], "big"),
         tuple((h["status"], h["at"]) for h in w["history"]),
         lease_ms,
-        # Records written before contract section 10 read as its defaults.
+        # Records written before scheduling existed read as its defaults.
         w.get("priority", 0),
         w.get("not_before"),
         w.get("expires"),

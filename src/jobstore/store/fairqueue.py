@@ -1,4 +1,5 @@
-"""Which queued job a take gets: priority, fairness between clients, due times (contract §10).
+"""Which queued job a take gets: priority, fairness between clients, due times (docs/protocol.md,
+"Scheduling and queue control").
 
 The order is kept in sorted key-value indexes (LMDB databases in the store, a
 sorted dict in the tests) so that every operation costs a few point reads and

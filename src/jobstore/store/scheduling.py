@@ -1,4 +1,5 @@
-"""Scheduling options of a submit, a datasource's queue settings and the retry backoff (contract §10).
+"""Scheduling options of a submit, a datasource's queue settings and the retry backoff
+(docs/protocol.md, "Scheduling and queue control").
 
 Pure checks: each refuses bad input with a :class:`BadRequest` naming the field.
 Times are ms since the Unix epoch, at most 2^53 - 1 so that JavaScript peers
@@ -10,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .errors import BadRequest
+from ..errors import BadRequest
+from ..protocol import shown
 from .fairqueue import PRIORITY_MAX, PRIORITY_MIN
-from .protocol import shown
 
 MAX_TIME = (1 << 53) - 1
 MAX_DURATION = 1 << 40  # ms, about 35 years: as the lease bounds of take and status
@@ -32,7 +33,7 @@ def _int(body: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
 
 
 class Timing(NamedTuple):
-    """When and in which order a job may be taken: its record's §10 fields."""
+    """When and in which order a job may be taken: its record's scheduling fields."""
 
     priority: int = 0
     not_before: int | None = None
