@@ -34,6 +34,7 @@ from ..databox.startup import (
     ArbiterTokens,
 )
 from ..errors import ClientError, ConfigError, JobstoreError, RequestFailed
+from . import queue
 from .admin import add_cli as add_admin
 from .admin import add_fake_arbiter, add_serve, endpoint, env_setting
 from .watch import add_cli as add_watch
@@ -234,10 +235,20 @@ def _request(text: str) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.batch:
+        with _job_client(args) as jc:
+            return queue.submit_batch(jc, args)
+    if args.request is None:
+        raise ConfigError("give the job's request (JSON, or plain text), or --batch FILE")
     request = _request(args.request)
     with _job_client(args) as jc:
-        _print(jc.submit(request, job=args.job), args.json)
+        _print(jc.submit(request, job=args.job, **queue.submit_options(args)), args.json)
     return 0
+
+
+def _driver(args: argparse.Namespace) -> Driver:
+    token = _token(args, "/*")
+    return Driver(args.endpoint, args.dsid, token, server_key=args.server_key, timeout=args.timeout)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -434,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='example: jobstore submit sensor-jobs \'{"read": "temperature"}\' --client app1',
     )
     _add_client_flags(p, True)
-    p.add_argument("request", help="the job's request: JSON, or plain text")
+    p.add_argument("request", nargs="?", help="the job's request: JSON, or plain text")
     p.add_argument("--job", help="job id (default: a fresh GUID)")
+    queue.add_submit_options(p)
     p.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -514,6 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_health)
 
+    queue.add_cli(sub, _add_client_flags, _driver)
     add_admin(sub)
     add_watch(sub)
     watch = sub.choices["watch"]
