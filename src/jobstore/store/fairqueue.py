@@ -21,7 +21,6 @@ ready    ds rank ticket client                 seq and job id of the client's ol
                                                due job: the line of clients with due
                                                jobs at a priority, in ticket order
 turns    ds rank client                        the client's ticket in that line
-turns    ds rank                               the line's last ticket given out
 later    not_before ds job NUL                 rank seq client: a queued job not yet due
 =======  ====================================  ======================================
 
@@ -57,6 +56,7 @@ DUE, READY, TURNS, LATER = "due", "ready", "turns", "later"
 INDEXES = (DUE, READY, TURNS, LATER)
 WATERMARK = b"due-until"  # counter: the time due jobs have been moved up to
 DELAYED = b"d:"  # counter prefix: a datasource's queued jobs not yet due
+LINE = b"l:"  # counter prefix, then ds rank: the last ticket given out in that line
 _U64 = 8
 
 
@@ -224,9 +224,10 @@ def take(ix: Ordered, dsid: str) -> Entry | None:
 
 
 def _ticket(ix: Ordered, line: bytes) -> int:
-    """The next place at the back of a line (the line's counter, kept in ``turns``)."""
-    ticket = _number(ix.get_raw(TURNS, line)) + 1
-    ix.put_raw(TURNS, line, u64(ticket))
+    """The next place at the back of a line (the line's counter)."""
+    key = LINE + line
+    ticket = ix.counter(key) + 1
+    ix.set_counter(key, ticket)
     return ticket
 
 

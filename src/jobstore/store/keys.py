@@ -22,8 +22,9 @@ meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, 
            NUL], b"s:"dsid NUL status NUL, job counts by status, the storage format (absent in
            b"format", b"clock",            format 1, which stored records as CBOR arrays), the
            b"q:"dsid NUL, b"d:"dsid NUL,   store clock's last committed reading (ms), a datasource's
-           b"due-until"                    queue settings (a CBOR map), its jobs not yet due, and
-                                           the time due jobs have been moved up to (fairqueue)
+           b"due-until", b"l:"dsid NUL     queue settings (a CBOR map), its jobs not yet due, the
+           rank                            time due jobs have been moved up to, and the last
+                                           ticket of each line of clients (fairqueue)
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone

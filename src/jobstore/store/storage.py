@@ -253,6 +253,9 @@ class Txn:
         # unset), restored if the nested transaction is abandoned.
         self._undo: dict[bytes, int | None] | None = None if parent is None else {}
         self.writes = 0  # puts and deletes made through this object, so a caller can tell it wrote
+        self._cursors: dict[str, lmdb.Cursor] = {}
+        # Jobs :meth:`take_next` took out of the take order: their next put need not look there.
+        self._taken: set[tuple[str, str]] = set()
 
     def nested(self) -> Txn:
         """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
@@ -389,7 +392,11 @@ class Txn:
         self.storage.cache.remember(new.dsid, value, new)
         status = new.status
         if old is not None and old.status in QUEUED:
-            fairqueue.unqueue(self, _entry(old), old.not_before)
+            taken = self._taken
+            if (old.dsid, old.job) in taken:
+                taken.discard((old.dsid, old.job))
+            else:
+                fairqueue.unqueue(self, _entry(old), old.not_before)
         if status in QUEUED:
             fairqueue.queue(self, _entry(new), new.not_before)
         if old is None or old.status is not status:
@@ -499,7 +506,9 @@ class Txn:
 
     def first_raw(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
         """The first entry of a database whose key starts with ``prefix``."""
-        cursor = self._lmdb.cursor(db=self._dbs[db])
+        cursor = self._cursors.get(db)
+        if cursor is None:  # one per database and transaction: a take looks up several times
+            cursor = self._cursors[db] = self._lmdb.cursor(db=self._dbs[db])
         if not cursor.set_range(prefix):
             return None
         key = bytes(cursor.key())
@@ -542,7 +551,10 @@ class Txn:
     def take_next(self, dsid: str) -> Job | None:
         """The job a take of ``dsid`` gets next, out of the take order (fairqueue)."""
         entry = fairqueue.take(self, dsid)
-        return None if entry is None else self._must_get(dsid, entry.job)
+        if entry is None:
+            return None
+        self._taken.add((dsid, entry.job))
+        return self._must_get(dsid, entry.job)
 
     def advance(self, now: int, limit: int) -> list[fairqueue.Entry]:
         """Move up to ``limit`` jobs due by ``now`` (wall clock) into the take order."""
