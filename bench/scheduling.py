@@ -10,8 +10,9 @@ under bench/.work/: ``--queued`` jobs (default 100,000) are submitted by 1 clien
 queue) or spread over ``--clients`` clients (default 100), then ``--takes`` single takes (default
 5,000) are run in batches of 100 requests, one commit per batch, as the serve loop batches a busy
 driver's takes. The decoded-record cache is made large enough for the whole queue, so that its
-clearing (when full) does not swamp the take itself. Reported: microseconds per take, median of ``--rounds`` rounds. ``--src`` runs an
-older source tree (``git archive <commit> src | tar -x -C /tmp/old``) for today's FIFO take.
+clearing (when full) does not swamp the take itself. Reported: microseconds per take, median
+of ``--rounds`` rounds. ``--src`` runs an older source tree (``git archive <commit> src | tar
+-x -C /tmp/old``) for today's FIFO take.
 
 **Lateness.** ``jobstore serve`` runs as a subprocess on ipc:// sockets; ``--delayed`` jobs (default
 10,000) are submitted in batches with ``not_before`` spread over ``--spread`` seconds (default 20)
