@@ -12,30 +12,35 @@ import zmq
 
 from jobstore.protocol import zest
 from jobstore.protocol.cbor import decode_reply, encode_request
+from jobstore.store.auth import Authoriser, mint
 from jobstore.store.operations import Limits
 
 from .conftest import Clocks, RunningStore, StoreFactory, recv
 
 HOUR = 3_600_000
 _ZEST_STATUS = {zest.CONTENT: 200, zest.CREATED: 201, zest.BAD_REQUEST: 400, zest.NOT_FOUND: 404}
-_ZEST_STATUS[zest.CONFLICT] = 409
+_ZEST_STATUS.update({zest.CONFLICT: 409, zest.UNAUTHORIZED: 401, zest.FORBIDDEN: 403})
+TOKEN_SECRET = b"scheduling-test-secret"
 
 
 class Peer:
-    """One DEALER on the request socket speaking native CBOR or Zest JSON."""
+    """One DEALER on the request socket speaking native CBOR or Zest JSON, with a token if given."""
 
-    def __init__(self, ctx: zmq.Context[Any], store: RunningStore, codec: str) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], store: RunningStore, codec: str, token: str | None = None
+    ) -> None:
         self.codec = codec
+        self.token = token
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         self.sock.connect(store.endpoint)
 
     def send(self, method: str, path: str, body: Any = None) -> None:
         if self.codec == "native":
-            self.sock.send(encode_request(method, path, body, id=1))
+            self.sock.send(encode_request(method, path, body, id=1, token=self.token))
         else:
             payload = b"" if body is None else json.dumps(body).encode()
-            self.sock.send(zest.encode_request(method, path, body=payload))
+            self.sock.send(zest.encode_request(method, path, body=payload, token=self.token))
 
     def receive(self) -> tuple[int, Any, str]:
         """(status, body, error); a Zest success is 201 for any POST, as its codes say no more."""
@@ -313,3 +318,30 @@ def test_a_batch_commits_the_good_items_and_reports_each_bad_one(peer: Peer) -> 
 def test_an_empty_or_oversized_batch_is_400(peer: Peer, jobs: Any) -> None:
     status, _, error = peer.call("POST", "/ds/job/batch", {"client": "a", "jobs": jobs})
     assert status == 400 and error.startswith("jobs must be an array of 1 to 1000"), error
+
+
+@pytest.mark.parametrize("codec", ["native", "zest"])
+def test_the_new_paths_need_tokens_with_their_path_method_and_client_caveats(
+    ctx: zmq.Context[Any], start_store: StoreFactory, codec: str
+) -> None:
+    store = start_store(auth=Authoriser(TOKEN_SECRET, "me"))
+
+    def peer(*caveats: str) -> Peer:
+        return Peer(ctx, store, codec, mint(TOKEN_SECRET, ["target = me", *caveats]))
+
+    driver = peer("path = /server/ds/*")
+    app = peer("path = /ds/*", "client = a")
+    batch = {"client": "a", "jobs": [{"job": "j", "request": 1}]}
+    assert app.ok("POST", "/ds/job/batch", batch)["results"][0]["status"] == "submitted"
+    assert app.call("POST", "/ds/job/batch", {**batch, "client": "b"})[0] in (401, 403)
+    assert driver.take() == ["j"]
+    driver.ok("POST", "/server/ds/job/status", {"job": "j", "status": "failed"})
+    assert driver.ok("POST", "/server/ds/job/requeue", {"job": "j"})["requeued"] == 1
+    assert driver.ok("POST", "/server/ds/job/settings", {"backoff": 5})["backoff"] == 5
+    reader = peer("path = /server/ds/job/settings", "method = GET")
+    assert reader.ok("GET", "/server/ds/job/settings")["backoff"] == 5
+    status, _, error = reader.call("POST", "/server/ds/job/settings", {"paused": True})
+    assert status in (401, 403) and "method" in error
+    for path in ("/server/ds/job/requeue", "/server/ds/job/settings"):
+        status, _, error = app.call("POST", path, {"job": "j"})
+        assert status in (401, 403) and "path" in error
