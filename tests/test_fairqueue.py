@@ -227,6 +227,11 @@ class TakeOrder(RuleBasedStateMachine):
             assert fairqueue.delayed(self.ix, dsid) == expected
             head = fairqueue.peek(self.ix, dsid)
             assert (head is None) == (not self.ref.due(dsid))
+        queued = [
+            (Entry(dsid, job, client, priority, seq), not_before)
+            for (dsid, job), (client, priority, seq, not_before) in self.ref.queued.items()
+        ]
+        assert fairqueue.audit(self.ix.values, self.ix.counters, queued) == []
         pending = [
             nb for *_, nb in self.ref.queued.values() if nb is not None and nb > self.ref.now
         ]

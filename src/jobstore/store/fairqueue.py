@@ -279,3 +279,62 @@ def _dequeue(ix: Ordered, entry: Entry) -> None:
 
 def _number(value: bytes | None) -> int:
     return 0 if value is None else int.from_bytes(value, "big")
+
+
+def audit(
+    entries: dict[str, dict[bytes, bytes]],
+    counters: dict[bytes, int],
+    queued: list[tuple[Entry, int | None]],
+) -> list[str]:
+    """What is wrong with the take order's indexes (``entries``: each database's contents) and
+    counters, given every queued job and its ``not_before``; ``jobstore check`` reports it.
+
+    Each queued job is in ``due`` (not_before null or at most the watermark) or in ``later``
+    (at least the watermark), not both; each client with due jobs at a priority has one
+    ``ready`` entry, naming its oldest, under the ticket ``turns`` gives it; nothing else.
+    """
+    problems: list[str] = []
+    mark = counters.get(WATERMARK, 0)
+    due, later = dict(entries[DUE]), dict(entries[LATER])
+    heads: dict[bytes, tuple[bytes, bytes]] = {}  # ds rank client -> (seq, job) of its oldest
+    delayed: dict[str, int] = {}
+    for entry, not_before in queued:
+        ds, r, job = _ds(entry.dsid), rank(entry.priority), entry.job.encode()
+        name = f"{entry.dsid}/{entry.job}"
+        in_due = due.pop(_client_prefix(ds, r, entry.client) + u64(entry.seq), None) == job
+        in_later = False
+        if not_before is not None:
+            value = rank(entry.priority) + u64(entry.seq) + entry.client.encode()
+            in_later = later.pop(later_key(entry.dsid, entry.job, not_before), None) == value
+        if in_due == in_later:
+            where = "both due and later" if in_due else "neither due nor later"
+            problems.append(f"queued job {name} is in {where} of the take order")
+        elif in_due and not_before is not None and not_before > mark:
+            problems.append(f"job {name} is due before its not_before (watermark {mark})")
+        elif in_later and not_before is not None and not_before < mark:
+            problems.append(f"job {name} waits in later past the watermark {mark}")
+        if in_later:
+            delayed[entry.dsid] = delayed.get(entry.dsid, 0) + 1
+        if in_due:
+            turn = ds + r + entry.client.encode()
+            if turn not in heads or heads[turn][0] > u64(entry.seq):
+                heads[turn] = (u64(entry.seq), job)
+    problems += [f"due entry {key!r} is no queued job's" for key in due]
+    problems += [f"later entry {key!r} is no queued job's" for key in later]
+    ready = dict(entries[READY])
+    turns = entries[TURNS]
+    for turn, (seq, job) in heads.items():
+        ticket = turns.get(turn)
+        key = turn[: turn.index(b"\0") + 2] + (ticket or b"") + turn[turn.index(b"\0") + 2 :]
+        if ticket is None or ready.pop(key, None) != seq + job:
+            problems.append(f"client line entry for {turn!r} is missing or not its oldest job")
+    problems += [f"ready entry {key!r} is of no client with due jobs" for key in ready]
+    for counted, number in counters.items():
+        if counted.startswith(DELAYED):
+            dsid = counted[len(DELAYED) : -1].decode()
+            if number != delayed.pop(dsid, 0):
+                problems.append(
+                    f"delayed count of {dsid} is {number}, the take order says otherwise"
+                )
+    problems += [f"delayed count of {dsid} is missing ({n})" for dsid, n in delayed.items() if n]
+    return problems
