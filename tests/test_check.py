@@ -40,6 +40,20 @@ def test_a_sound_directory_passes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "ok: 6 record(s)" in capsys.readouterr().out
 
 
+def test_a_directory_with_scheduled_jobs_passes(tmp_path: Path) -> None:
+    service = Service(Storage(tmp_path / "data"))
+    for i, options in enumerate(
+        [{"priority": 5}, {"delay": 10}, {"delay": 100_000}, {"expires": 10**13}, {}]
+    ):
+        body = {"job": f"j{i}", "client": f"c{i % 2}", **options}
+        service.handle(Request("POST", "/ds/job/", body=body), 1000)
+    service.handle(Request("POST", "/server/ds/job/take", body={"max": 2}), 2000)
+    report = {"job": "j0", "status": "retrying", "delay": 50}
+    service.handle(Request("POST", "/server/ds/job/status", body=report), 2000)
+    service.storage.close()
+    assert check(tmp_path / "data") == (5, [])
+
+
 @pytest.mark.parametrize(
     ("damage", "fragment"),
     [
@@ -51,6 +65,13 @@ def test_a_sound_directory_passes(tmp_path: Path, capsys: pytest.CaptureFixture[
         (lambda t, db: t.put(count_key("ds"), u64(42), db=db["meta"]), "job count"),
         (lambda t, db: t.put(b"seq", u64(1), db=db["meta"]), "above the store counter"),
         (lambda t, db: t.delete(b"ds\0j3\0", db=db["jobs"]), "points at no record"),
+        (
+            lambda t, db: t.delete(b"ds\0d" + b"c1\0" + u64(4), db=db["due"]),
+            "ds/j3 is in neither due nor later",
+        ),
+        (lambda t, db: t.drop(db["ready"], delete=False), "line entry for"),
+        (lambda t, db: t.put(b"ds\0dc7\0" + u64(77), b"j77", db=db["due"]), "no queued job's"),
+        (lambda t, db: t.put(b"d:ds\0", u64(3), db=db["meta"]), "delayed count of ds is 3"),
     ],
 )
 def test_damage_is_found_and_named(

@@ -74,6 +74,10 @@ def test_submit_creates_a_submitted_record_with_every_field(h: Harness) -> None:
         "created": h.now,
         "updated": h.now,
         "seq": 1,
+        "priority": 0,
+        "not_before": None,
+        "expires": None,
+        "requeued": 0,
         "history": [{"status": "submitted", "at": h.now}],
     }
 

@@ -22,6 +22,9 @@ EXPECTED = {
     (S.ACCEPTED, E.REPORT_RETRYING): S.RETRYING,
     (S.ACCEPTED, E.LEASE_EXPIRED): S.RETRYING,
     (S.ACCEPTED, E.LEASE_EXHAUSTED): S.FAILED,
+    (S.SUBMITTED, E.EXPIRED): S.FAILED,
+    (S.RETRYING, E.EXPIRED): S.FAILED,
+    (S.FAILED, E.REQUEUE): S.RETRYING,
     **{(s, E.REPORT_FORBIDDEN): S.FORBIDDEN for s in (S.SUBMITTED, S.RETRYING, S.ACCEPTED)},
     **{(s, E.REPORT_FAILED): S.FAILED for s in (S.SUBMITTED, S.RETRYING, S.ACCEPTED)},
 }
@@ -39,7 +42,12 @@ def test_every_status_event_pair_follows_the_contract(status: Status, event: Eve
 
 
 @given(st.sampled_from(sorted(TERMINAL)), st.sampled_from(list(Event)))
-def test_a_terminal_status_never_changes(status: Status, event: Event) -> None:
+def test_a_terminal_status_never_changes_but_by_a_requeue_of_a_failed_job(
+    status: Status, event: Event
+) -> None:
+    if (status, event) == (S.FAILED, E.REQUEUE):
+        assert apply(status, event) is S.RETRYING
+        return
     with pytest.raises(InvalidTransition):
         apply(status, event)
 

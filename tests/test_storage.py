@@ -9,6 +9,7 @@ from jobstore.errors import ConfigError
 from jobstore.protocol import Request
 from jobstore.records import Job
 from jobstore.states import Status
+from jobstore.store import fairqueue
 from jobstore.store.check import check
 from jobstore.store.keys import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, u64
 from jobstore.store.operations import Service
@@ -93,7 +94,7 @@ def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: 
         check(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert txn.format() == FORMAT == 3
+        assert txn.format() == FORMAT == 4
         assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
         upgraded = txn.get("ds", "live")
         assert upgraded is not None
@@ -109,6 +110,32 @@ def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: 
     assert service.handle(get, wall + 100 * hour, mono=0).reply.body["status"] == "accepted"  # type: ignore[union-attr]
     status = service.handle(get, wall, mono=upgraded.lease_until).reply.body["status"]  # type: ignore[union-attr]
     assert status == "retrying"
+
+
+def test_opening_a_format_3_store_puts_its_queued_jobs_in_the_take_order(tmp_path: Path) -> None:
+    """A populated store as format 3 left it (no take-order databases) is served fairly at once."""
+    service = Service(Storage(tmp_path))
+    for n, client in enumerate(["a", "a", "a", "b", "b", "c"]):
+        body = {"job": f"{client}{n}", "client": client, "request": n}
+        assert service.handle(Request("POST", "/ds/job/", body=body), 1000).reply.status == 201  # type: ignore[union-attr]
+    service.handle(Request("POST", "/server/ds/job/take", body={}), 1000)  # a0: accepted
+    storage = service.storage
+    with storage.env.begin(write=True) as raw:
+        for db in fairqueue.INDEXES:
+            raw.drop(storage.dbs[db], delete=True)
+        raw.put(FORMAT_KEY, u64(3), db=storage.dbs["meta"])
+    storage.close()
+    with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
+        check(tmp_path)
+
+    service = Service(Storage(tmp_path))
+    take = Request("POST", "/server/ds/job/take", body={"max": 10})
+    taken = service.handle(take, 2000).reply.body["jobs"]  # type: ignore[union-attr]
+    # In queue order a joined the line first, then b, then c; a was served last before the upgrade
+    # but the line starts afresh.
+    assert [job["job"] for job in taken] == ["a1", "b3", "c5", "a2", "b4"]
+    service.storage.close()
+    assert check(tmp_path) == (6, [])
 
 
 def test_a_format_1_store_is_not_checked_before_it_is_upgraded(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from jobstore.cli import watch as watch_module
 from jobstore.cli.watch import add_cli, run_watch
 from jobstore.cli.watchstate import WatchState, parse_progress
-from jobstore.cli.watchview import RICH_HINT
+from jobstore.cli.watchview import RICH_HINT, LiveView, PlainView
 from jobstore.errors import ConfigError, Timeout
 
 from .conftest import RunningStore
@@ -81,6 +81,16 @@ def test_a_job_is_counted_once_in_its_current_status() -> None:
         state.apply(record)
     assert state.counts == {"submitted": 2, "complete": 1}
     assert state.unfinished == 2 and state.changes == 6 and state.seq == 6
+
+
+def test_a_failed_job_requeued_counts_as_queued_again_not_as_failed() -> None:
+    state = WatchState(baseline_seq=2)
+    state.apply(rec("old", "failed", 1))  # history caught up at start
+    state.apply(rec("j1", "submitted", 3))
+    state.apply(rec("j1", "failed", 4))
+    for job, seq in (("j1", 5), ("old", 6)):
+        state.apply({**rec(job, "retrying", seq), "attempts": 0, "requeued": 1})
+    assert state.counts == {"retrying": 2} and state.unfinished == 2
 
 
 def test_the_same_job_id_of_two_clients_is_two_jobs() -> None:
@@ -275,6 +285,21 @@ def test_the_live_view_shows_counts_recent_changes_and_progress_bars() -> None:
     assert "━" in screen  # the bar
 
 
+def test_the_views_show_a_paused_queue_and_its_delayed_jobs() -> None:
+    pytest.importorskip("rich")
+    state = WatchState()
+    state.apply(rec("j1", "submitted", 1))
+    state.set_queue(3, True)
+    plain = io.StringIO()
+    PlainView(plain, "ds").draw(state, None)
+    assert plain.getvalue().rstrip().endswith("| 3 delayed | PAUSED")
+    live = TtyBuffer()
+    view = LiveView(live, "ds")
+    view.draw(state, None)
+    view.close()
+    assert "PAUSED" in live.getvalue() and "3 delayed" in live.getvalue()
+
+
 # The command against a real store
 
 
@@ -442,6 +467,24 @@ def test_json_lines_follow_jobs_submitted_and_finished_while_watching(
     assert [(r["job"], r["done"], r["total"]) for r in final["running"]] == [("a17", 3, 10)]
     assert final["changes_per_s"] > 0 and final["finished_per_s"] > 0
     assert {r["client"] for r in final["recent"]} == {"app1", "app2"}
+
+
+def test_a_datasource_watch_shows_its_delayed_jobs_and_that_it_is_paused(
+    store: RunningStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.client("app1") as app, store.driver() as driver:
+        driver.pause()
+        app.submit({"n": 1}, job="later", delay=3_600_000)
+        seq = app.submit({"n": 2}, job="now")["seq"]
+    flags = ("--endpoint", store.endpoint, "--notify-endpoint", store.notify_endpoint)
+    clock, tracer, out, thread, results = start_command(
+        monkeypatch, "ds", *flags, "--json", "--seconds", "2"
+    )
+    tracer.wait_for(seq)
+    finish_command(clock, thread, results)
+    final = json_lines(out.getvalue())[-1]
+    assert (final["delayed"], final["paused"]) == (1, True)
+    assert final["counts"] == {"submitted": 2}
 
 
 def test_with_a_client_only_that_clients_jobs_are_shown(

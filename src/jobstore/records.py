@@ -64,6 +64,10 @@ class Job(NamedTuple):
     lease_until: int = 0
     history: tuple[tuple[str, int], ...] = ()
     lease_ms: int = 0
+    priority: int = 0
+    not_before: int | None = None
+    expires: int | None = None
+    requeued: int = 0
 
     def evolve(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied."""
@@ -81,6 +85,10 @@ class Job(NamedTuple):
             "created": self.created,
             "updated": self.updated,
             "seq": self.seq,
+            "priority": self.priority,
+            "not_before": self.not_before,
+            "expires": self.expires,
+            "requeued": self.requeued,
         }
         if self.response is not None:
             out["response"] = self.response
@@ -136,6 +144,11 @@ def _load(dsid: str, data: bytes, prefix: int, lease_ms: int) -> Job:
         int.from_bytes(data[:8], "big"),
         tuple((h["status"], h["at"]) for h in w["history"]),
         lease_ms,
+        # Records written before scheduling existed read as its defaults.
+        w.get("priority", 0),
+        w.get("not_before"),
+        w.get("expires"),
+        w.get("requeued", 0),
     )
 
 
@@ -143,4 +156,5 @@ def load_v1(data: bytes) -> Job:
     """A record in the first storage format (a CBOR array in field order); used to upgrade."""
     f = cbor2.loads(data)
     history = tuple((status, at) for status, at in f[13])
-    return Job._make((*f[:4], Status(f[4]), *f[5:13], history, 0))
+    # lease_ms 0 and the section 10 defaults: priority 0, no not_before or expires, never requeued.
+    return Job._make((*f[:4], Status(f[4]), *f[5:13], history, 0, 0, None, None, 0))

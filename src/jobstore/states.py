@@ -1,4 +1,5 @@
-"""The job state machine of docs/protocol.md, "The job record": every allowed transition, in one table.
+"""The job state machine of docs/protocol.md ("The job record", "Scheduling and queue control"):
+every allowed transition, in one table.
 
 Nothing outside this module decides which status follows which; the service
 asks :func:`apply`, and anything not in :data:`TRANSITIONS` is an
@@ -25,7 +26,7 @@ class Status(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        """A terminal record never changes again."""
+        """A terminal record never changes again, except a failed one the server requeues."""
         return self in TERMINAL
 
     @property
@@ -47,6 +48,8 @@ class Event(StrEnum):
     REPORT_FAILED = "report-failed"
     LEASE_EXPIRED = "lease-expired"
     LEASE_EXHAUSTED = "lease-exhausted"
+    EXPIRED = "expired"
+    REQUEUE = "requeue"
 
 
 TERMINAL = frozenset({Status.COMPLETE, Status.CANCELLED, Status.FORBIDDEN, Status.FAILED})
@@ -73,6 +76,11 @@ TRANSITIONS: dict[tuple[Status, Event], Status] = {
     (S.ACCEPTED, E.CLIENT_CANCEL): S.ACCEPTED,
     (S.ACCEPTED, E.LEASE_EXPIRED): S.RETRYING,
     (S.ACCEPTED, E.LEASE_EXHAUSTED): S.FAILED,
+    # Still queued at its `expires`.
+    (S.SUBMITTED, E.EXPIRED): S.FAILED,
+    (S.RETRYING, E.EXPIRED): S.FAILED,
+    # A dead letter sent back by the server: the one way out of a terminal status.
+    (S.FAILED, E.REQUEUE): S.RETRYING,
 }
 
 del S, E
@@ -117,7 +125,8 @@ def page() -> str:
     return (
         "# Job states\n\n"
         "Generated from `jobstore.states.TRANSITIONS` by `make docs`; a test keeps it current.\n"
-        "Terminal: " + ", ".join(s.value for s in Status if s.terminal) + ". "
+        "Terminal: " + ", ".join(s.value for s in Status if s.terminal) + " (a failed job "
+        "may be requeued by the server: the one way out of a terminal status). "
         "Any (status, event) pair not listed is refused (409 with the current record).\n\n"
         "```mermaid\n" + diagram() + "```\n\n"
         "| from | event | to |\n|---|---|---|\n" + rows + "\n"

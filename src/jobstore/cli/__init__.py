@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ClientError, ConfigError, JobstoreError, RequestFailed
 from .admin import add_cli as add_admin
 from .admin import add_fake_arbiter, add_serve
-from .jobs import add_app_commands, add_health
+from .jobs import add_app_commands, add_health, add_queue_commands
 from .options import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILED,
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_app_commands(sub)
     add_work(sub)
     add_health(sub)
+    add_queue_commands(sub)
     add_admin(sub)
     add_watch(sub)
     add_fake_arbiter(sub)

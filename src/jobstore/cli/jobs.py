@@ -8,8 +8,9 @@ import json
 import sys
 from typing import Any
 
-from ..client import Connection, JobClient
+from ..client import Connection, Driver, JobClient
 from ..errors import ConfigError, RequestFailed
+from . import queue
 from .options import (
     add_client_flags,
     add_timeout_flag,
@@ -72,10 +73,26 @@ def _request(text: str) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.batch:
+        with _job_client(args) as jc:
+            return queue.submit_batch(jc, args)
+    if args.request is None:
+        raise ConfigError("give the job's request (JSON, or plain text), or --batch FILE")
     request = _request(args.request)
     with _job_client(args) as jc:
-        _print(jc.submit(request, job=args.job), args.json)
+        _print(jc.submit(request, job=args.job, **queue.submit_options(args)), args.json)
     return 0
+
+
+def _driver(args: argparse.Namespace) -> Driver:
+    """A driver's connection for the queue-control commands (requeue, pause, resume, settings)."""
+    return Driver(
+        args.endpoint,
+        args.dsid,
+        token(args, "/*"),
+        server_key=args.server_key,
+        timeout=args.timeout,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -160,8 +177,9 @@ def add_app_commands(sub: Any) -> None:
         epilog='example: jobstore submit sensor-jobs \'{"read": "temperature"}\' --client app1',
     )
     add_client_flags(p, True)
-    p.add_argument("request", help="the job's request: JSON, or plain text")
+    p.add_argument("request", nargs="?", help="the job's request: JSON, or plain text")
     p.add_argument("--job", help="job id (default: a fresh GUID)")
+    queue.add_submit_options(p)
     p.set_defaults(func=cmd_submit)
 
     for name, func, text in (
@@ -183,6 +201,11 @@ def add_app_commands(sub: Any) -> None:
     add_client_flags(p, True)
     p.add_argument("--since", type=int, default=0, help="only jobs changed after this seq")
     p.set_defaults(func=cmd_jobs)
+
+
+def add_queue_commands(sub: Any) -> None:
+    """Add ``requeue``, ``pause``, ``resume`` and ``settings``, run as the datasource's driver."""
+    queue.add_cli(sub, add_client_flags, _driver)
 
 
 def add_health(sub: Any) -> None:

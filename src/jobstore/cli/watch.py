@@ -24,6 +24,7 @@ from .watchview import JsonView, LiveView, Output, PlainView, View, choose_outpu
 
 QUIET = 1.0  # seconds a watch may be quiet before the feeder thread looks up (to stop or reopen)
 RETRY = 1.0  # seconds between attempts to reach a store that stopped answering
+QUEUE_EVERY = 1.0  # seconds between reads of a watched datasource's delayed count and pause
 
 
 # Following a store
@@ -100,6 +101,9 @@ class _Feeder:
         self.error: Exception | None = None
         self.problem: str | None = None
         self._source = source
+        # (delayed, paused) of a whole datasource watched as its driver, read from its stats.
+        self.queue: tuple[int, bool] | None = None
+        self._queue_at = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, args=(first,), name="jobstore-watch", daemon=True
@@ -117,12 +121,28 @@ class _Feeder:
             try:
                 record = self.records.get_nowait()
             except queue.Empty:
-                return
+                break
             state.apply(record)
+        if self.queue is not None:
+            state.set_queue(*self.queue)
+
+    def _read_queue(self) -> None:
+        """Read the datasource's delayed count and pause from its stats, at most every
+        QUEUE_EVERY seconds (a client's watch has no right to them, and does not ask)."""
+        source = self._source
+        if not isinstance(source, Driver) or time.monotonic() - self._queue_at < QUEUE_EVERY:
+            return
+        self._queue_at = time.monotonic()
+        try:
+            stats = source.conn.call("GET", f"/server/{source.dsid}/stats")
+        except ClientError:
+            return  # the records' stream says what is wrong with the store
+        self.queue = (int(stats.get("delayed", 0)), bool(stats.get("paused", False)))
 
     def _run(self, stream: RecordStream | None) -> None:
         since = 0
         try:
+            self._read_queue()
             while stream is not None:
                 try:
                     for record in stream:
@@ -130,9 +150,10 @@ class _Feeder:
                         since = record["seq"]
                         if self._stop.is_set():
                             return
+                        self._read_queue()
                     return  # the source ended: only a finite (test) source does
                 except Timeout:
-                    pass  # quiet, or a reply was late: look up, then go on from `since`
+                    self._read_queue()  # quiet, or a reply was late: look up, go on from `since`
                 except RequestFailed as exc:
                     if exc.status < 500:
                         raise

@@ -91,11 +91,21 @@ def parse_progress(value: Any) -> tuple[float, float] | None:
     return done, total
 
 
+def _requeued(record: Record) -> bool:
+    """Whether a record is a failed job just sent back to the queue (requeue)."""
+    return bool(
+        record["status"] == Status.RETRYING
+        and record.get("requeued")
+        and not record.get("attempts")
+    )
+
+
 class WatchState:
     """Job records folded into what the watch view shows; no I/O, no terminal.
 
     Each job is counted once, in the status of its latest record. Only unfinished
-    jobs are remembered one by one (a terminal record never changes again), so
+    jobs are remembered one by one (a terminal record never changes again, but for a
+    failed job requeued, which its record says), so
     memory stays bounded by the datasource's unfinished jobs however long the view
     runs; finished jobs the store later purges stay in the counts. Records with a
     ``seq`` at or below ``baseline_seq`` are history caught up at start: counted,
@@ -123,6 +133,13 @@ class WatchState:
         self._recent: deque[RecentChange] = deque(maxlen=recent)
         self._buckets: deque[list[int]] = deque()  # [bucket index, changes, finished]
         self._first_bucket = self._bucket()
+        # Of a whole datasource, from its stats: queued jobs not yet due, and whether paused.
+        self.delayed: int | None = None
+        self.paused = False
+
+    def set_queue(self, delayed: int, paused: bool) -> None:
+        """The datasource's delayed count and pause, as its stats last said."""
+        self.delayed, self.paused = delayed, paused
 
     def apply(self, record: Record) -> None:
         """Fold in one job record; one no newer than the last applied is a repeat and ignored."""
@@ -136,6 +153,10 @@ class WatchState:
         old = self._unfinished.pop(key, None)
         if old is not None:
             self._counts[old] -= 1
+        elif _requeued(record) and seq > self.baseline_seq and self._counts[Status.FAILED]:
+            # A failed job the server sent back: counted as failed when it failed (live, or
+            # in the history caught up at start, which shows every job at its last change).
+            self._counts[Status.FAILED] -= 1
         self._counts[status] += 1
         finished = status in FINISHED
         if not finished:
@@ -220,6 +241,8 @@ class WatchState:
             "changes": self.changes,
             "counts": self.counts,
             "unfinished": self.unfinished,
+            "delayed": self.delayed,
+            "paused": self.paused,
             "changes_per_s": round(changes_per_s, 2),
             "finished_per_s": round(finished_per_s, 2),
             "running_with_progress": len(self._progress),

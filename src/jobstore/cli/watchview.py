@@ -46,6 +46,10 @@ class PlainView:
             f"{_now_text()} {self._label}  {counts} | {changes:.1f} changes/s "
             f"{finished:.1f} finished/s | seq {state.seq}"
         )
+        if state.delayed:
+            line += f" | {state.delayed} delayed"
+        if state.paused:
+            line += " | PAUSED"
         if problem:
             line += f" | {problem}"
         print(line, file=self._out, flush=True)
@@ -114,6 +118,8 @@ class LiveView:
             Text.assemble(
                 ("jobstore watch ", "bold"),
                 (self._label, "bold cyan"),
+                ("   PAUSED" if state.paused else "", "bold red"),
+                (f"   {state.delayed} delayed" if state.delayed else "", "yellow"),
                 f"   seq {state.seq}   {_now_text()}",
             )
         ]

@@ -48,10 +48,24 @@ class ClientRequests:
         self.dsid = dsid
         self.client = client
 
-    def submit(self, request: Any, job: str | None) -> Call:
-        """Submit a job, with a fresh GUID unless ``job`` is given."""
-        body = {"job": job or uuid.uuid4().hex, "client": self.client, "request": request}
-        return "POST", f"/{self.dsid}/job/", body
+    def submit(self, request: Any, job: str | None, options: dict[str, Any] | None = None) -> Call:
+        """Submit a job, with a fresh GUID unless ``job`` is given; ``options`` are its scheduling
+        (priority, delay, not_before, expires), those None left out."""
+        return (
+            "POST",
+            f"/{self.dsid}/job/",
+            {**self.item(request, job, options), "client": self.client},
+        )
+
+    def item(self, request: Any, job: str | None, options: dict[str, Any] | None = None) -> Record:
+        """One job of a submit or a batch: a fresh GUID unless ``job`` is given."""
+        body = {"job": job or uuid.uuid4().hex, "request": request}
+        body.update((k, v) for k, v in (options or {}).items() if v is not None)
+        return body
+
+    def batch(self, items: list[Record]) -> Call:
+        """Submit jobs (as :meth:`item` builds them) in one request and one commit."""
+        return "POST", f"/{self.dsid}/job/batch", {"client": self.client, "jobs": items}
 
     def status(self, job: str) -> Call:
         """Read one job's record."""
@@ -123,6 +137,19 @@ class DriverRequests:
             body["attempt"] = attempt
         body.update((k, v) for k, v in fields.items() if v is not None)
         return "POST", f"{self.base}/status", body
+
+    def requeue(self, job: str, delay: int | None) -> Call:
+        """Send a failed job back to the queue, after ``delay`` ms when given."""
+        body: dict[str, Any] = {"job": job}
+        if delay is not None:
+            body["delay"] = delay
+        return "POST", f"{self.base}/requeue", body
+
+    def settings(self, changes: dict[str, Any] | None = None) -> Call:
+        """Read the datasource's queue settings, or change some (those None left out)."""
+        if changes is None:
+            return "GET", f"{self.base}/settings", None
+        return "POST", f"{self.base}/settings", {k: v for k, v in changes.items() if v is not None}
 
     def page(self, since: int, filters: dict[str, Any]) -> Call:
         """List the datasource's jobs changed after ``since`` (filters: status, client, limit)."""

@@ -10,6 +10,8 @@ import cbor2
 from .. import records
 from ..errors import ConfigError
 from ..protocol import zest
+from ..states import QUEUED
+from . import fairqueue
 from .datadir import DATA_FILE
 from .keys import (
     COUNT_PREFIX,
@@ -66,6 +68,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
     expected: dict[str, dict[bytes, bytes]] = {db: {} for db in INDEXES}
     seqs: Counter[int] = Counter()
     active: Counter[bytes] = Counter()
+    queued: list[tuple[fairqueue.Entry, int | None]] = []
     count = 0
     for key, value in txn.entries("jobs"):
         count += 1
@@ -90,6 +93,9 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
         active[status_key(job.dsid, job.status.value)] += 1
         for db, index_key in index_keys(job).items():
             expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
+        if job.status in QUEUED:
+            entry = fairqueue.Entry(job.dsid, job.job, job.client, job.priority, job.seq)
+            queued.append((entry, job.not_before))
     problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
     for db, wanted in expected.items():
         found = dict(txn.entries(db))
@@ -112,6 +118,13 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
                 f"topic {key[len(TOPIC_PREFIX) :]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
             )
     problems += [f"job count {key!r} is missing ({n} jobs)" for key, n in active.items() if n]
+    order = {db: dict(txn.entries(db)) for db in fairqueue.INDEXES}
+    counters = {
+        key: int.from_bytes(value, "big")
+        for key, value in txn.entries("meta")
+        if key.startswith(fairqueue.DELAYED) or key == fairqueue.WATERMARK
+    }
+    problems += fairqueue.audit(order, counters, queued)
     if txn.meta(SEQ_KEY) is None and count:
         problems.append("records exist but the seq counter is missing")
     return count, problems

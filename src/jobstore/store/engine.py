@@ -24,6 +24,7 @@ flight keeps the room it needs.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from ..protocol.sealed import Change, Sealer, client_topic, server_topic
 from ..records import Job
 from ..states import Event, Status, apply
 from .activity import Activity
+from .scheduling import EXPIRED_RESPONSE, JITTER, retry_not_before
 from .storage import MapFull, Storage, StorageError, Txn
 
 if TYPE_CHECKING:
@@ -96,6 +98,8 @@ class Outcome:
     wait: Wait | None = None
     observe: Observe | None = None
     fn: Effect | None = None  # what a function-call request asks of the socket adapter
+    # Datasources with due jobs waiting takes may get, by count (a paused queue resumed).
+    ready: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,7 @@ class Engine:
         self._routes: dict[tuple[str, str], tuple[Handler, list[str]]] = {}
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
+            self.next_timer = _next_timer(txn)
             self.clock = StoreClock(txn.clock())
 
     def handle(self, request: Request, now: int, mono: int | None = None) -> Outcome:
@@ -184,6 +189,11 @@ class Engine:
         if self.next_lease is None:
             return None
         return self.next_lease - self.clock.read(mono)
+
+    def timer_due_in(self, now: int) -> int | None:
+        """Ms from wall time ``now`` until a delayed job falls due or a queued job expires (<= 0:
+        one has), or None when no job waits for either."""
+        return None if self.next_timer is None else self.next_timer - now
 
     def handle_batch(
         self,
@@ -269,11 +279,17 @@ class Engine:
         self._events.clear()
         with self.storage.write() as txn:
             txn.set_clock(self.clock.now)
-            expired = [] if self.misplaced else self._expire(txn, now) + self._internal(txn, now)
+            expired, fell_due = [], Counter[str]()
+            if not self.misplaced:
+                expired = self._expire(txn, now) + self._internal(txn, now)
+                fell_due = self._schedule(txn, now, expired)
             outcomes = [self._one(txn, request, now, isolate) for request in requests]
             # How many jobs each datasource gained in its queue: that many waiting takes may wake.
             queued = Counter(c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued)
             queued.update(c.job.dsid for c in expired if c.job.status.queued)
+            queued.update(fell_due)
+            for outcome in outcomes:
+                queued.update(outcome.ready)
             for i, outcome in enumerate(outcomes):
                 # A take that came before a submit in this batch tries again at once.
                 if outcome.wait is not None and outcome.wait.dsid in queued:
@@ -283,6 +299,7 @@ class Engine:
             if not self.misplaced:
                 self._purge(txn, now)
             self.next_lease = txn.next_lease()
+            self.next_timer = _next_timer(txn)
         return expired, outcomes
 
     def _purge(self, txn: Txn, now: int) -> None:
@@ -379,7 +396,8 @@ class Engine:
         changes = []
         with txn.nested() as child:
             for job in child.expired(clock, 1000):
-                if job.attempts >= self.limits.max_attempts:
+                settings = child.settings(job.dsid)
+                if job.attempts >= (settings.max_attempts or self.limits.max_attempts):
                     response = job.response
                     if response is None:
                         response = {"error": f"lease ran out {job.attempts} times; giving up"}
@@ -387,12 +405,28 @@ class Engine:
                         self._transition(child, job, Event.LEASE_EXHAUSTED, now, response=response)
                     )
                 else:
-                    changes.append(self._transition(child, job, Event.LEASE_EXPIRED, now))
+                    due = retry_not_before(now, None, settings, job.attempts, jitter())
+                    changes.append(
+                        self._transition(child, job, Event.LEASE_EXPIRED, now, not_before=due)
+                    )
         return changes
 
     def _internal(self, txn: Txn, now: int) -> list[Change]:
         """Work of the store's own to commit with every batch (the subclass's); its changes."""
         return []
+
+    def _schedule(self, txn: Txn, now: int, changes: list[Change]) -> Counter[str]:
+        """Fail the queued jobs whose ``expires`` has come (their changes join ``changes``) and move
+        the delayed jobs due by ``now`` into the take order; return how many each datasource got."""
+        fell_due: Counter[str] = Counter()
+        if self.next_timer is None or self.next_timer > now:
+            return fell_due
+        with txn.nested() as child:
+            for job in child.expiring(now, 1000):
+                response = dict(EXPIRED_RESPONSE)
+                changes.append(self._transition(child, job, Event.EXPIRED, now, response=response))
+            fell_due.update(entry.dsid for entry in child.advance(now, 1000))
+        return fell_due
 
     def _owned(self, txn: Txn, dsid: str, job_id: str, client: str) -> Job:
         job = self._get(txn, dsid, job_id)
@@ -413,6 +447,16 @@ class Engine:
     def route(self, request: Request) -> tuple[Handler, list[str]]:
         """The handler and path parameters of a request; the service defines its routes."""
         raise NotImplementedError
+
+
+def _next_timer(txn: Txn) -> int | None:
+    times = [t for t in (txn.next_due(), txn.next_expiry()) if t is not None]
+    return min(times) if times else None
+
+
+def jitter() -> float:
+    """The random factor of a backoff delay (:data:`jobstore.store.scheduling.JITTER`)."""
+    return random.uniform(*JITTER)
 
 
 def _failure(request: Request, exc: Exception) -> JobstoreError:

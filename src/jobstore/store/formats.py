@@ -3,6 +3,9 @@
 Format 3 added the lease a job was taken with to a record's prefix and moved lease
 deadlines from the wall clock to the store clock; formats 1 (records as CBOR
 arrays) and 2 (an 8-byte wall-clock deadline before the record) are upgraded.
+Format 4 added the take order's indexes (:mod:`jobstore.store.fairqueue`): an
+upgrade puts every queued job in them, in queue order (older records have the
+default priority and no due time, so all are due).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import TYPE_CHECKING
 
 from .. import records
 from ..errors import ConfigError
+from . import fairqueue
+from .fairqueue import Entry
 from .keys import FORMAT, FORMAT_KEY, u64
 
 if TYPE_CHECKING:
@@ -31,9 +36,22 @@ def upgrade(txn: Txn, wall_now: int | None = None) -> None:
             f"the data in {txn.storage.path} was written by a newer jobstore (storage format "
             f"{found}, this one reads {FORMAT}): upgrade jobstore"
         )
-    if found < FORMAT:
+    if found < 3:
         _rewrite(txn, found, time.time_ns() // 1_000_000 if wall_now is None else wall_now)
+    if found < 4:
+        _order(txn)
     txn.set_meta(FORMAT_KEY, u64(FORMAT))
+
+
+def _order(txn: Txn) -> None:
+    for key, job_id in list(txn.entries("queue")):
+        dsid = key.split(b"\0", 1)[0].decode()
+        job = txn.get(dsid, job_id.decode())
+        if job is None:
+            raise RuntimeError(f"queue points at missing job {dsid}/{job_id!r}: run jobstore check")
+        fairqueue.queue(
+            txn, Entry(dsid, job.job, job.client, job.priority, job.seq), job.not_before
+        )
 
 
 def _rewrite(txn: Txn, found: int, wall_now: int) -> None:

@@ -12,24 +12,35 @@ clients    dsid NUL client NUL seq         job id, one entry per job at its last
 changes    dsid NUL seq                    job id, one entry per job at its last change
 leases     lease_until dsid NUL job NUL    empty: accepted jobs by lease deadline
 done       updated dsid NUL job NUL        empty: terminal jobs by when they ended (retention)
+expiry     expires dsid NUL job NUL        empty: queued jobs with an ``expires``, by it
+due,       (see :mod:`jobstore.store.       the take order: priority, the line of clients,
+ready,     fairqueue`)                     due jobs and those not yet due (not a function
+turns,                                     of the record alone: kept by fairqueue)
+later
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
            b"cat", b"n:"dsid NUL[client    the hypercat items (a CBOR array), active job counts,
            NUL], b"s:"dsid NUL status NUL, job counts by status, the storage format (absent in
-           b"format", b"clock"             format 1, which stored records as CBOR arrays), and the
-                                           store clock's last committed reading (ms)
+           b"format", b"clock",            format 1, which stored records as CBOR arrays), the
+           b"q:"dsid NUL, b"d:"dsid NUL,   store clock's last committed reading (ms), a datasource's
+           b"due-until", b"l:"dsid NUL     queue settings (a CBOR map), its jobs not yet due, the
+           rank                            time due jobs have been moved up to, and the last
+                                           ticket of each line of clients (fairqueue)
 =========  ==============================  =====================================
 
 The index entries of a record are a function of the record alone
 (:func:`entries`), so a write replaces exactly the old record's entries with the
-new one's; ``check`` rebuilds them with the same function.
+new one's; ``check`` rebuilds them with the same function. The take order's
+indexes also depend on the order jobs arrived in: :mod:`jobstore.store.fairqueue`
+keeps them, from :meth:`jobstore.store.storage.Txn.put`.
 """
 
 from __future__ import annotations
 
 from ..records import Job
 from ..states import QUEUED, TERMINAL
+from . import fairqueue
 
-FORMAT = 3  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+FORMAT = 4  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
@@ -38,10 +49,11 @@ CLOCK_KEY = b"clock"
 TOPIC_PREFIX = b"t:"  # then the topic name: the last seq published there
 COUNT_PREFIX = b"n:"  # then dsid NUL [client NUL]: unfinished jobs
 STATUS_PREFIX = b"s:"  # then dsid NUL status NUL: jobs in that status
+SETTINGS_PREFIX = b"q:"  # then dsid NUL: the datasource's queue settings
 
-DATABASES = ("jobs", "queue", "clients", "changes", "leases", "done", "meta")
-INDEXES = ("clients", "changes", "queue", "leases", "done")
-EMPTY_VALUED = frozenset({"leases", "done"})  # the others hold the job id
+INDEXES = ("clients", "changes", "queue", "leases", "done", "expiry")
+DATABASES = ("jobs", *INDEXES, *fairqueue.INDEXES, "meta")
+EMPTY_VALUED = frozenset({"leases", "done", "expiry"})  # the others hold the job id
 NO_ENTRIES = (None,) * len(INDEXES)
 U64 = 8
 
@@ -70,6 +82,11 @@ def status_key(dsid: str, status: str) -> bytes:
     return STATUS_PREFIX + name(dsid, status)
 
 
+def settings_key(dsid: str) -> bytes:
+    """The meta key of a datasource's queue settings."""
+    return SETTINGS_PREFIX + name(dsid)
+
+
 def topic_key(topic: str) -> bytes:
     """The meta key of the last seq published on a topic."""
     return TOPIC_PREFIX + topic.encode()
@@ -83,12 +100,14 @@ def entries(job: Job, ds: bytes, key: bytes) -> tuple[bytes | None, ...]:
     """
     seq = job.seq.to_bytes(U64, "big")
     status = job.status
+    queued = status in QUEUED
     return (
         ds + job.client.encode() + b"\0" + seq,
         ds + seq,
-        ds + seq if status in QUEUED else None,
+        ds + seq if queued else None,
         job.lease_until.to_bytes(U64, "big") + key if job.lease_until else None,
         job.updated.to_bytes(U64, "big") + key if status in TERMINAL else None,
+        job.expires.to_bytes(U64, "big") + key if queued and job.expires is not None else None,
     )
 
 
@@ -99,6 +118,6 @@ def index_keys(job: Job) -> dict[str, bytes]:
 
 
 def split_timed(key: bytes) -> tuple[int, str, str]:
-    """(time, dsid, job) of a ``leases`` or ``done`` key."""
+    """(time, dsid, job) of a ``leases``, ``done`` or ``expiry`` key."""
     dsid, job, _ = bytes(key[U64:]).decode().split("\0")
     return int.from_bytes(key[:U64], "big"), dsid, job

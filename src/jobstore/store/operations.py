@@ -19,14 +19,35 @@ from ..errors import (
     StorageFull,
     TooMany,
 )
-from ..protocol import Reply, Request, zest
+from ..protocol import Reply, Request, shown, zest
 from ..protocol.cbor import jobs_body
 from ..protocol.sealed import Change, client_topic, server_topic
 from ..records import RESERVED_DSIDS, Job, check_dsid, check_name
-from ..states import REPORTS, Event, Status
+from ..states import QUEUED, REPORTS, Event, Status
 from . import function_ops
 from .auth import Authoriser
-from .engine import Engine, Handler, Limits, Observe, Outcome, Wait, changed_reply, ok_reply
+from .engine import (
+    Engine,
+    Handler,
+    Limits,
+    Observe,
+    Outcome,
+    Wait,
+    changed_reply,
+    jitter,
+    ok_reply,
+)
+from .scheduling import (
+    SUBMIT_OPTIONS,
+    Settings,
+    Timing,
+    batch_jobs,
+    report_delay,
+    retry_not_before,
+    same_timing,
+    submit_timing,
+    update_settings,
+)
 from .storage import Storage, Txn
 from .validation import (
     body_map,
@@ -41,6 +62,7 @@ from .validation import (
 __all__ = ["ROUTES", "Limits", "Outcome", "Service", "Wait", "route"]
 
 SCAN_LIMIT = 10_000
+BATCH_ITEM = ("job", "request", *SUBMIT_OPTIONS)
 
 
 class Service(Engine):
@@ -61,12 +83,22 @@ class Service(Engine):
     # Client API (contract section 4)
 
     def submit(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
-        dsid = params[0]
-        body = body_map(request, required=("job", "client"), optional=("request",))
+        body = body_map(request, required=("job", "client"), optional=("request", *SUBMIT_OPTIONS))
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
+        job, change = self._submit(txn, params[0], client, job_id, body, now)
+        if change is None:
+            return Outcome(ok_reply(request, job.wire()))
+        return Outcome(changed_reply(request, change, 201), [change])
+
+    def _submit(
+        self, txn: Txn, dsid: str, client: str, job_id: str, body: dict[str, Any], now: int
+    ) -> tuple[Job, Change | None]:
+        """Submit one job (a submit, or an item of a batch): the record, and the change unless
+        the same job was submitted before."""
         payload = body.get("request")
         check_plain("request", payload)
+        timing = submit_timing(body, now)
         existing = txn.get(dsid, job_id)
         if existing is not None:
             if existing.client != client:
@@ -79,18 +111,47 @@ class Service(Engine):
                     "use a fresh GUID per job",
                     existing.wire(),
                 )
-            return Outcome(ok_reply(request, existing.wire()))
-        change = self.new_job(txn, dsid, job_id, client, payload, now)
-        return Outcome(changed_reply(request, change, 201), [change])
+            stored = Timing(existing.priority, existing.not_before, existing.expires)
+            started = existing.attempts > 0 or existing.requeued > 0
+            if not same_timing(stored, timing, existing.created, now, started):
+                raise Conflict(
+                    f'job id "{job_id}" was already submitted with another priority, delay, '
+                    "not_before or expires; use a fresh GUID per job",
+                    existing.wire(),
+                )
+            return existing, None
+        change = self.new_job(txn, dsid, job_id, client, payload, now, timing)
+        return change.job, change
 
     def new_job(
-        self, txn: Txn, dsid: str, job_id: str, client: str, payload: Any, now: int
+        self,
+        txn: Txn,
+        dsid: str,
+        job_id: str,
+        client: str,
+        payload: Any,
+        now: int,
+        timing: Timing | None = None,
     ) -> Change:
-        """Store a new ``submitted`` job, within the queue's quotas."""
+        """Store a new ``submitted`` job, within the queue's quotas (a submit, or a function call)."""
+        timing = timing or Timing()
         self._admit(txn, dsid, client)
         seq = txn.next_seq()
         history = ((Status.SUBMITTED.value, now),)
-        job = Job(dsid, job_id, client, payload, Status.SUBMITTED, now, now, seq, history=history)
+        job = Job(
+            dsid,
+            job_id,
+            client,
+            payload,
+            Status.SUBMITTED,
+            now,
+            now,
+            seq,
+            history=history,
+            priority=timing.priority,
+            not_before=timing.not_before,
+            expires=timing.expires,
+        )
         return self._store(txn, job, None)
 
     def _admit(self, txn: Txn, dsid: str, client: str) -> None:
@@ -203,10 +264,17 @@ class Service(Engine):
         body = body_map(request, optional=("max", "lease", "wait"))
         limits = self.limits
         count = int_field(body, "max", 1, 1, limits.max_take)
-        lease = int_field(body, "lease", limits.lease_ms, 1, 2**40)
+        lease = int_field(body, "lease", 0, 1, 2**40)  # 0: not given
         wait = int_field(body, "wait", 0, 0, limits.max_wait_ms)
         self._authorise(request)
-        jobs = txn.queued(dsid, count)
+        settings = txn.settings(dsid)
+        lease = lease or settings.lease or limits.lease_ms
+        jobs: list[Job] = []
+        while not settings.paused and len(jobs) < count:
+            job = txn.take_next(dsid)
+            if job is None:
+                break
+            jobs.append(job)
         if not jobs and wait:
             return Outcome(None, wait=Wait(dsid, wait))
         until = self.clock.now + lease
@@ -247,10 +315,16 @@ class Service(Engine):
         body = body_map(
             request,
             required=("job", "status"),
-            optional=("response", "progress", "lease", "attempt"),
+            optional=("response", "progress", "lease", "attempt", "delay"),
         )
         job_id = check_name("job", body["job"])
         status = status_name(body["status"])
+        delay = report_delay(body)
+        if delay is not None and status is not Status.RETRYING:
+            raise BadRequest(
+                f"delay is for a retrying report (when to try the job again), not {status.value!r}; "
+                "leave it out"
+            )
         lease = int_field(body, "lease", 0, 1, 2**40)  # 0: not given
         attempt = int_field(body, "attempt", -1, 0, 2**63 - 1)  # -1: not given
         fields: dict[str, Any] = {k: body[k] for k in ("response", "progress") if k in body}
@@ -274,8 +348,89 @@ class Service(Engine):
         if status is Status.ACCEPTED:
             # Without a lease of its own, a renewal lasts as long as the take's lease.
             fields["lease_until"] = self.clock.now + (lease or job.lease_ms or self.limits.lease_ms)
+        elif status is Status.RETRYING:
+            settings = txn.settings(job.dsid)
+            fields["not_before"] = retry_not_before(now, delay, settings, job.attempts, jitter())
         change = self._transition(txn, job, event, now, **fields)
         return Outcome(changed_reply(request, change), [change])
+
+    def requeue(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body = body_map(request, required=("job",), optional=("delay",))
+        job_id = check_name("job", body["job"])
+        delay = report_delay(body)
+        self._authorise(request)
+        job = self._get(txn, params[0], job_id)
+        change = self._transition(
+            txn,
+            job,
+            Event.REQUEUE,
+            now,
+            attempts=0,
+            requeued=job.requeued + 1,
+            not_before=None if delay is None else now + delay,
+        )
+        return Outcome(changed_reply(request, change), [change])
+
+    def settings_get(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        body_map(request)
+        self._authorise(request)
+        return Outcome(ok_reply(request, self._settings_wire(txn.settings(params[0]))))
+
+    def settings_post(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        self._authorise(request)
+        before = txn.settings(dsid)
+        after = update_settings(before, {} if request.body is None else request.body)
+        outcome = Outcome(ok_reply(request, self._settings_wire(after)))
+        if after != before:
+            txn.set_settings(dsid, after)
+            if before.paused and not after.paused:
+                # Resumed: waiting takes may now get the due jobs.
+                by_status = txn.by_status(dsid)
+                due = sum(by_status.get(s.value, 0) for s in QUEUED) - txn.delayed(dsid)
+                if due > 0:
+                    outcome.ready[dsid] = due
+        return outcome
+
+    def _settings_wire(self, settings: Settings) -> dict[str, Any]:
+        return settings.wire(max_attempts=self.limits.max_attempts, lease=self.limits.lease_ms)
+
+    def batch(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        dsid = params[0]
+        body = body_map(request, required=("client", "jobs"))
+        client = check_name("client", body["client"])
+        items = batch_jobs(body)
+        self._authorise(request, client=client)
+        results: list[Any] = []
+        changes: list[Change] = []
+        for index, item in enumerate(items):
+            job_id = item.get("job") if isinstance(item, dict) else None
+            try:
+                if not isinstance(item, dict):
+                    raise BadRequest(
+                        f"jobs[{index}] must be a map with job, request and any of "
+                        f"{', '.join(SUBMIT_OPTIONS)}, got {type(item).__name__}"
+                    )
+                for key in item:
+                    if key not in BATCH_ITEM:
+                        raise BadRequest(
+                            f"jobs[{index}] has unknown key {shown(key)}; allowed keys are "
+                            + ", ".join(BATCH_ITEM)
+                        )
+                if "job" not in item:
+                    raise BadRequest(f"jobs[{index}] is missing 'job'")
+                job_id = check_name("job", item["job"])
+                job, change = self._submit(txn, dsid, client, job_id, item, now)
+            except (BadRequest, Conflict, TooMany, StorageFull) as exc:
+                job_ref = job_id if isinstance(job_id, str) else None
+                results.append({"job": job_ref, "status": exc.status, "error": str(exc)})
+                continue
+            if change is None:
+                results.append(job.wire())
+            else:
+                results.append(change.wire)
+                changes.append(change)
+        return Outcome(ok_reply(request, {"results": results}), changes)
 
     # Hypercat (contract section 9)
 
@@ -304,6 +459,8 @@ class Service(Engine):
             "by_status": txn.by_status(dsid),
             "unfinished": txn.active(dsid),
             "oldest_queued_ms": None if oldest is None else now - oldest.updated,
+            "delayed": txn.delayed(dsid),
+            "paused": txn.settings(dsid).paused,
             "last_minute": last_minute,
             "lease_expired_since_start": self.activity.totals.get((dsid, "lease_expired"), 0),
         }
@@ -346,8 +503,14 @@ ROUTES: list[tuple[tuple[str, ...], dict[str, Handler]]] = [
     (("server", "D", "job", "take"), {"POST": Service.take}),
     (("server", "D", "job", "accept"), {"POST": Service.accept}),
     (("server", "D", "job", "status"), {"POST": Service.report}),
+    (("server", "D", "job", "requeue"), {"POST": Service.requeue}),
+    (
+        ("server", "D", "job", "settings"),
+        {"GET": Service.settings_get, "POST": Service.settings_post},
+    ),
     (("D", "job"), {"POST": Service.submit, "GET": Service.query}),
     (("D", "job", "cancel"), {"POST": Service.cancel}),
+    (("D", "job", "batch"), {"POST": Service.batch}),
     (("D", "job", "N"), {"GET": Service.list_by_path}),
     (("D", "job", "N", "N"), {"GET": Service.status_by_path}),
     (("D", "job", "N", "since", "#"), {"GET": Service.list_by_path}),

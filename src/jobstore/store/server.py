@@ -176,6 +176,9 @@ class Server:
         lease = self.service.lease_due_in(mono)  # leases are on the store clock
         if lease is not None:
             waits.append(lease)
+        timer = self.service.timer_due_in(now_ms())  # due times and expiries on the wall clock
+        if timer is not None:
+            waits.append(timer)
         if not waits:
             return TICK_MS
         return max(0, min(TICK_MS, min(waits)))
@@ -309,7 +312,13 @@ class Server:
         mono = mono_ms()
         pending = [_woken(p, mono) for p in self._waiting.due(mono)] + pending
         lease = self.service.lease_due_in(mono)
-        if not pending and (lease is None or lease > 0) and not self.service.functions.pending:
+        timer = self.service.timer_due_in(now)
+        if (
+            not pending
+            and (lease is None or lease > 0)
+            and (timer is None or timer > 0)
+            and not self.service.functions.pending
+        ):
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(mono)
             return

@@ -17,6 +17,7 @@ LMDB read and write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -31,7 +32,8 @@ import lmdb
 from .. import records
 from ..errors import ConfigError, JobstoreError, StorageFull
 from ..records import Job
-from ..states import TERMINAL
+from ..states import QUEUED, TERMINAL
+from . import fairqueue
 from .cache import DEFAULT_CACHE_BYTES, RecordCache
 from .datadir import DATA_FILE, check_data_file, identity, make_data_dir
 from .formats import upgrade
@@ -54,11 +56,13 @@ from .keys import (
     index_keys,
     name,
     record_key,
+    settings_key,
     split_timed,
     status_key,
     topic_key,
     u64,
 )
+from .scheduling import Settings, settings_from
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +116,7 @@ class Storage:
             self.env = lmdb.open(
                 str(self.path),
                 map_size=min(map_size, self.max_map_size),
-                max_dbs=8,
+                max_dbs=16,
                 sync=True,
                 metasync=True,
                 lock=True,
@@ -128,9 +132,12 @@ class Storage:
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (identity(self.path), identity(self.path / DATA_FILE))
         self.cache = RecordCache(cache_bytes)
-        self.dbs = {
-            name: self.env.open_db(name.encode(), create=not readonly) for name in DATABASES
-        }
+        self.dbs = {}
+        for db in DATABASES:
+            # Read-only on data an older jobstore wrote, a newer database is missing: its upgrade
+            # adds it, and a read-only store never writes.
+            with contextlib.suppress(lmdb.NotFoundError):
+                self.dbs[db] = self.env.open_db(db.encode(), create=not readonly)
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
@@ -234,7 +241,10 @@ class Txn:
         self._lmdb = txn
         self._dbs = storage.dbs
         self._meta = storage.dbs["meta"]
-        self._indexes = [(storage.dbs[db], db not in EMPTY_VALUED) for db in INDEXES]
+        # Only a store opened read-only on older data lacks some: it never writes.
+        self._indexes = [
+            (storage.dbs[db], db not in EMPTY_VALUED) for db in INDEXES if db in storage.dbs
+        ]
         self._parent = parent
         # The counters set in the whole write transaction, not yet put (see the module
         # docstring); one dict shared by a transaction and its nested ones.
@@ -243,6 +253,9 @@ class Txn:
         # unset), restored if the nested transaction is abandoned.
         self._undo: dict[bytes, int | None] | None = None if parent is None else {}
         self.writes = 0  # puts and deletes made through this object, so a caller can tell it wrote
+        self._cursors: dict[str, lmdb.Cursor] = {}
+        # Jobs :meth:`take_next` took out of the take order: their next put need not look there.
+        self._taken: set[tuple[str, str]] = set()
 
     def nested(self) -> Txn:
         """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
@@ -378,6 +391,14 @@ class Txn:
             _refuse(exc)
         self.storage.cache.remember(new.dsid, value, new)
         status = new.status
+        if old is not None and old.status in QUEUED:
+            taken = self._taken
+            if (old.dsid, old.job) in taken:
+                taken.discard((old.dsid, old.job))
+            else:
+                fairqueue.unqueue(self, _entry(old), old.not_before)
+        if status in QUEUED:
+            fairqueue.queue(self, _entry(new), new.not_before)
         if old is None or old.status is not status:
             if old is not None:
                 self._add(STATUS_PREFIX + ds + old.status.encode() + b"\0", -1)
@@ -390,6 +411,8 @@ class Txn:
 
     def delete(self, job: Job) -> None:
         """Remove a record and every index entry it owns."""
+        if job.status in QUEUED:
+            fairqueue.unqueue(self, _entry(job), job.not_before)
         for db, key in index_keys(job).items():
             self.delete_raw(db, key)
         self.delete_raw("jobs", record_key(job.dsid, job.job))
@@ -469,12 +492,27 @@ class Txn:
         except lmdb.Error as exc:
             _refuse(exc)
 
-    def delete_raw(self, db: str, key: bytes) -> None:
+    def delete_raw(self, db: str, key: bytes) -> bool:
+        """Delete one entry; False when there was none."""
         self.writes += 1
         try:
-            self._lmdb.delete(key, db=self._dbs[db])
+            return bool(self._lmdb.delete(key, db=self._dbs[db]))
         except lmdb.Error as exc:
             _refuse(exc)
+
+    def get_raw(self, db: str, key: bytes) -> bytes | None:
+        value = self._lmdb.get(key, db=self._dbs[db])
+        return None if value is None else bytes(value)
+
+    def first_raw(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
+        """The first entry of a database whose key starts with ``prefix``."""
+        cursor = self._cursors.get(db)
+        if cursor is None:  # one per database and transaction: a take looks up several times
+            cursor = self._cursors[db] = self._lmdb.cursor(db=self._dbs[db])
+        if not cursor.set_range(prefix):
+            return None
+        key = bytes(cursor.key())
+        return (key, bytes(cursor.value())) if key.startswith(prefix) else None
 
     def _scan(self, db: str, prefix: bytes, after: int = 0) -> Iterator[tuple[int, str]]:
         """(seq, job id) of the entries under ``prefix`` with seq > ``after``, in seq order."""
@@ -507,13 +545,50 @@ class Txn:
 
     def next_lease(self) -> int | None:
         """The earliest lease deadline (store clock), or None when no job is accepted."""
-        cursor = self._lmdb.cursor(db=self._dbs["leases"])
-        if not cursor.first():
+        found = self.first_raw("leases", b"")
+        return None if found is None else int.from_bytes(found[0][:U64], "big")
+
+    def take_next(self, dsid: str) -> Job | None:
+        """The job a take of ``dsid`` gets next, out of the take order (fairqueue)."""
+        entry = fairqueue.take(self, dsid)
+        if entry is None:
             return None
-        return int.from_bytes(cursor.key()[:U64], "big")
+        self._taken.add((dsid, entry.job))
+        return self._must_get(dsid, entry.job)
+
+    def advance(self, now: int, limit: int) -> list[fairqueue.Entry]:
+        """Move up to ``limit`` jobs due by ``now`` (wall clock) into the take order."""
+        return fairqueue.advance(self, now, limit)
+
+    def next_due(self) -> int | None:
+        """The earliest ``not_before`` of a queued job not yet due (wall clock), or None."""
+        return fairqueue.next_due(self)
+
+    def delayed(self, dsid: str) -> int:
+        return fairqueue.delayed(self, dsid)
+
+    def expiring(self, now: int, limit: int) -> list[Job]:
+        """Queued jobs whose ``expires`` is at or before ``now`` (wall clock)."""
+        return self._timed("expiry", now, limit)
+
+    def next_expiry(self) -> int | None:
+        found = self.first_raw("expiry", b"")
+        return None if found is None else int.from_bytes(found[0][:U64], "big")
+
+    def settings(self, dsid: str) -> Settings:
+        """A datasource's queue settings (the defaults until some are set)."""
+        raw = self.meta(settings_key(dsid))
+        return Settings() if raw is None else settings_from(cbor2.loads(raw))
+
+    def set_settings(self, dsid: str, settings: Settings) -> None:
+        self.set_meta(settings_key(dsid), cbor2.dumps(settings.stored()))
 
     def _must_get(self, dsid: str, job: str) -> Job:
         record = self.get(dsid, job)
         if record is None:
             raise RuntimeError(f"index points at missing job {dsid}/{job}: run jobstore check")
         return record
+
+
+def _entry(job: Job) -> fairqueue.Entry:
+    return fairqueue.Entry(job.dsid, job.job, job.client, job.priority, job.seq)

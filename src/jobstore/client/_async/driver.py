@@ -90,9 +90,29 @@ class Driver:
         """Report the job failed."""
         return await self.report(job, "failed", response=response)
 
-    async def retry(self, job: str, response: Any = None) -> Record:
-        """Hand the job back for another attempt."""
-        return await self.report(job, "retrying", response=response)
+    async def retry(self, job: str, response: Any = None, *, delay: int | None = None) -> Record:
+        """Hand the job back for another attempt, after ``delay`` ms when given (else after the
+        datasource's backoff)."""
+        return await self.report(job, "retrying", response=response, delay=delay)
+
+    async def requeue(self, job: str, *, delay: int | None = None) -> Record:
+        """Send a failed job back to the queue (attempts 0), after ``delay`` ms when given."""
+        record: Record = await self.conn.call(*self._requests.requeue(job, delay))
+        return record
+
+    async def settings(self, **changes: Any) -> Record:
+        """The datasource's queue settings, after changing those given (paused, backoff,
+        max_backoff, max_attempts, lease)."""
+        settings: Record = await self.conn.call(*self._requests.settings(changes or None))
+        return settings
+
+    async def pause(self) -> Record:
+        """Stop takes from the datasource (submits and reports go on); returns the settings."""
+        return await self.settings(paused=True)
+
+    async def resume(self) -> Record:
+        """Let takes from the datasource go on; returns the settings."""
+        return await self.settings(paused=False)
 
     async def forbid(self, job: str, response: Any = None) -> Record:
         """Report the job forbidden."""

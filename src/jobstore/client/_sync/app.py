@@ -50,10 +50,43 @@ class JobClient:
         """Close the connection (with asyncio, calls still waiting raise ClientError)."""
         self.conn.close()
 
-    def submit(self, request: Any, job: str | None = None) -> Record:
-        """Submit a job (a fresh GUID unless ``job`` is given); returns the record at once."""
-        record: Record = self.conn.call(*self._requests.submit(request, job))
+    def submit(
+        self,
+        request: Any,
+        job: str | None = None,
+        *,
+        priority: int | None = None,
+        delay: int | None = None,
+        not_before: int | None = None,
+        expires: int | None = None,
+    ) -> Record:
+        """Submit a job (a fresh GUID unless ``job`` is given); returns the record at once.
+
+        ``priority`` (-100 to 100, default 0) orders the queue; ``delay`` (ms from now) or
+        ``not_before`` (ms since the epoch) hold the job back; a job still queued at ``expires``
+        (ms since the epoch) fails.
+        """
+        options = {"priority": priority, "delay": delay, "not_before": not_before}
+        options["expires"] = expires
+        record: Record = self.conn.call(*self._requests.submit(request, job, options))
         return record
+
+    def submit_batch(self, jobs: list[Record]) -> list[Record]:
+        """Submit up to 1000 jobs in one request and one commit. Each item is a map with
+        ``request`` and any of ``job`` (a fresh GUID when absent), ``priority``, ``delay``,
+        ``not_before`` and ``expires``; the results are in item order, each the record or
+        ``{job, status, error}`` for an item refused."""
+        items = [
+            self._requests.item(
+                item.get("request"),
+                item.get("job"),
+                {k: v for k, v in item.items() if k not in ("job", "request")},
+            )
+            for item in jobs
+        ]
+        reply = self.conn.call(*self._requests.batch(items))
+        results: list[Record] = reply["results"]
+        return results
 
     def status(self, job: str) -> Record:
         """The job's current record."""
