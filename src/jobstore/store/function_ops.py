@@ -1,4 +1,4 @@
-"""Function-call operations (contract section 11): the routes under ``/notification/``.
+"""Function-call operations (docs/databox.md, "Function calls"): the routes under ``/notification/``.
 
 A call is the job J of datasource F, client ``notification``. The handlers here answer the
 driver's observe, the caller's Notify, the call and the response; :class:`FunctionCalls`

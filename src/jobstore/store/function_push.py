@@ -1,4 +1,4 @@
-"""Function calls on the observe socket (contract section 11): the socket adapter's part.
+"""Function calls on the observe socket (docs/databox.md, "Function calls"): the socket adapter's part.
 
 Pushes calls waiting in the queue to the drivers observing them, and responses to the
 callers' DEALERs, trying again while a DEALER is still connecting. Kept apart from

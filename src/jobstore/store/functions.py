@@ -1,4 +1,4 @@
-"""Durable function calls (contract section 11): the decisions, as pure values and functions.
+"""Durable function calls (docs/databox.md, "Function calls"): the decisions, as pure values and functions.
 
 A call to function F with call id J is the job J of datasource F, client ``notification``.
 This module decides, without sockets or storage:

@@ -1,4 +1,4 @@
-"""The job store's operations (contract sections 4, 5 and 9), routed from (method, path).
+"""The job store's operations (docs/protocol.md), routed from (method, path).
 
 Each operation is a method of :class:`Service` that checks its request, then
 reads and writes through the transaction it is given; :mod:`jobstore.store.engine`
@@ -80,9 +80,10 @@ class Service(Engine):
     def _internal(self, txn: Txn, now: int) -> list[Change]:
         return function_ops.commit_pending(self, txn, now)
 
-    # Client API (contract section 4)
+    # Client API (docs/protocol.md, "Client API")
 
     def submit(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /<DSID>/job/: store a new job (201), or answer a resubmit of the same one (200)."""
         body = body_map(request, required=("job", "client"), optional=("request", *SUBMIT_OPTIONS))
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
@@ -173,6 +174,7 @@ class Service(Engine):
             )
 
     def cancel(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /<DSID>/job/cancel: cancel a queued job, or ask the driver to cancel a running one."""
         body = body_map(request, required=("job", "client"))
         job_id, client = check_name("job", body["job"]), check_name("client", body["client"])
         self._authorise(request, client=client)
@@ -185,6 +187,7 @@ class Service(Engine):
         return Outcome(changed_reply(request, change), [change])
 
     def query(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /<DSID>/job/ with a body: one of the client's jobs, or a page of them by seq."""
         body = body_map(request, required=("client",), optional=("job", "since", "limit"))
         client = check_name("client", body["client"])
         if "job" in body:
@@ -196,9 +199,11 @@ class Service(Engine):
         return self._list(request, txn, params[0], client, body)
 
     def status_by_path(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /<DSID>/job/<client>/<job>: one of the client's jobs."""
         return self._status(request, txn, params[0], params[1], params[2])
 
     def list_by_path(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /<DSID>/job/<client>[/since/<seq>]: a page of the client's jobs, or a Zest observe."""
         dsid, client = params[0], params[1]
         if request.observe is not None:
             _data_observe(request)
@@ -231,6 +236,7 @@ class Service(Engine):
         return Outcome(ok_reply(request, {"jobs": jobs, "next": None}))
 
     def subscribe(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /sub/<DSID>/job: the topic, key and last seq of one client's notifications."""
         dsid = params[0]
         body = body_map(request, required=("client",))
         client = check_name("client", body["client"])
@@ -245,9 +251,10 @@ class Service(Engine):
         }
         return Outcome(ok_reply(request, reply))
 
-    # Server API (contract section 5)
+    # Server API (docs/protocol.md, "Server API")
 
     def server_list(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /server/<DSID>/job: a page of the datasource's jobs, or a Zest observe of them all."""
         dsid = params[0]
         if request.observe is not None:
             _data_observe(request)
@@ -260,6 +267,7 @@ class Service(Engine):
         return self._list(request, txn, dsid, client, body)
 
     def take(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /server/<DSID>/job/take: hand out due jobs in take order, or wait for one."""
         dsid = params[0]
         body = body_map(request, optional=("max", "lease", "wait"))
         limits = self.limits
@@ -295,6 +303,7 @@ class Service(Engine):
         return Outcome(Reply(200, body, id=request.id, encoded_body=encoded), changes)
 
     def accept(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /server/<DSID>/job/accept: take one named job."""
         body = body_map(request, required=("job",), optional=("lease",))
         job_id = check_name("job", body["job"])
         lease = int_field(body, "lease", self.limits.lease_ms, 1, 2**40)
@@ -312,6 +321,7 @@ class Service(Engine):
         return Outcome(changed_reply(request, change), [change])
 
     def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /server/<DSID>/job/status: a driver's report (progress, outcome, hand-back)."""
         body = body_map(
             request,
             required=("job", "status"),
@@ -355,6 +365,7 @@ class Service(Engine):
         return Outcome(changed_reply(request, change), [change])
 
     def requeue(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /server/<DSID>/job/requeue: send a failed job back to the queue."""
         body = body_map(request, required=("job",), optional=("delay",))
         job_id = check_name("job", body["job"])
         delay = report_delay(body)
@@ -372,11 +383,13 @@ class Service(Engine):
         return Outcome(changed_reply(request, change), [change])
 
     def settings_get(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /server/<DSID>/job/settings: the datasource's queue settings."""
         body_map(request)
         self._authorise(request)
         return Outcome(ok_reply(request, self._settings_wire(txn.settings(params[0]))))
 
     def settings_post(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /server/<DSID>/job/settings: change some of the queue settings; answer all."""
         dsid = params[0]
         self._authorise(request)
         before = txn.settings(dsid)
@@ -396,6 +409,7 @@ class Service(Engine):
         return settings.wire(max_attempts=self.limits.max_attempts, lease=self.limits.lease_ms)
 
     def batch(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /<DSID>/job/batch: submit up to 1000 jobs in one commit; a result per item."""
         dsid = params[0]
         body = body_map(request, required=("client", "jobs"))
         client = check_name("client", body["client"])
@@ -432,13 +446,15 @@ class Service(Engine):
                 changes.append(change)
         return Outcome(ok_reply(request, {"results": results}), changes)
 
-    # Hypercat (contract section 9)
+    # Hypercat (docs/protocol.md, "Hypercat")
 
     def cat_get(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /cat: the hypercat catalogue."""
         self._authorise(request)
         return Outcome(ok_reply(request, hypercat.catalogue(txn.catalogue_items())))
 
     def cat_post(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /cat: add or replace a catalogue item."""
         self._authorise(request)
         item = hypercat.check_item(request.body)
         txn.set_catalogue_items(hypercat.upsert(txn.catalogue_items(), item))
@@ -447,6 +463,7 @@ class Service(Engine):
     # Statistics
 
     def ds_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /server/<DSID>/stats: the datasource's counts, queue age and recent activity."""
         dsid = params[0]
         self._authorise(request)
         oldest = txn.oldest_queued(dsid)
@@ -467,6 +484,7 @@ class Service(Engine):
         return Outcome(ok_reply(request, body))
 
     def store_stats(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """GET /stats: the store's counts, data file and transport counters."""
         self._authorise(request)
         storage = self.storage
         body = {
@@ -485,6 +503,7 @@ class Service(Engine):
         return Outcome(ok_reply(request, body))
 
     def subscribe_server(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+        """POST /sub/server/<DSID>/job: the topic, key and last seq of every change in a datasource."""
         dsid = params[0]
         body_map(request)
         self._authorise(request, path=f"/server/{dsid}/job", observe=True)
@@ -525,7 +544,7 @@ def _data_observe(request: Request) -> None:
         )
 
 
-# Function calls (contract section 11): GET of a request pattern is an observe, GET of a
+# Function calls (docs/databox.md, "Function calls"): GET of a request pattern is an observe, GET of a
 # response path a Notify; POSTs are calls and responses.
 _FUNCTION_ROUTES: dict[tuple[str, str], Handler] = {
     ("request", "GET"): function_ops.observe,
