@@ -370,3 +370,27 @@ def test_a_go_drivers_observes_count_toward_the_per_peer_cap(
     assert driver.send(function).code == zest.TOO_MANY_REQUESTS
     assert driver.send(data).code == zest.TOO_MANY_REQUESTS
     other.observe()  # the cap is per connection
+
+
+def test_a_flood_of_calls_meets_the_queues_quota(
+    start_store: StoreFactory, ctx: zmq.Context[Any]
+) -> None:
+    store = start_store(Limits(max_active_per_datasource=2))
+    driver, app = Peer(store, ctx), Peer(store, ctx)
+    driver.register()  # nobody observes: the calls stay queued
+    assert app.call(b"1", call="call-1") == zest.CREATED
+    assert app.call(b"2", call="call-2") == zest.CREATED
+    assert app.call(b"3", call="call-3") == zest.TOO_MANY_REQUESTS
+    with store.client(client="notification", dsid=F) as client:
+        assert [job["job"] for job in client.jobs()] == ["call-1", "call-2"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/notification/request/light/bad id", "/notification/request/li%ght/j"]
+)
+def test_a_call_to_a_path_that_is_not_a_valid_name_is_128(
+    start_store: StoreFactory, ctx: zmq.Context[Any], path: str
+) -> None:
+    app = Peer(start_store(), ctx)
+    frame = zest.encode_request("POST", path, body=b"{}", content_format=50, host="app")
+    assert app.send(frame).code == zest.BAD_REQUEST
