@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from ..errors import BadRequest
 from ..protocol import shown
 from .fairqueue import PRIORITY_MAX, PRIORITY_MIN
+from .validation import optional_int
 
 MAX_TIME = (1 << 53) - 1
 MAX_DURATION = 1 << 40  # ms, about 35 years: as the lease bounds of take and status
@@ -21,15 +22,6 @@ MAX_ATTEMPTS = 1_000_000
 SUBMIT_OPTIONS = ("priority", "delay", "not_before", "expires")
 DEFAULT_MAX_BACKOFF = 300_000
 JITTER = (0.8, 1.2)
-
-
-def _int(body: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise BadRequest(f"{key} must be an integer from {low} to {high}, got {shown(value)}")
-    return value
 
 
 class Timing(NamedTuple):
@@ -45,9 +37,9 @@ def submit_timing(body: Mapping[str, Any], now: int) -> Timing:
 
     ``delay`` counts from ``now``; ``expires`` must be after the job's start.
     """
-    priority = _int(body, "priority", PRIORITY_MIN, PRIORITY_MAX)
-    delay = _int(body, "delay", 0, MAX_TIME - now)
-    not_before = _int(body, "not_before", 0, MAX_TIME)
+    priority = optional_int(body, "priority", PRIORITY_MIN, PRIORITY_MAX)
+    delay = optional_int(body, "delay", 0, MAX_TIME - now)
+    not_before = optional_int(body, "not_before", 0, MAX_TIME)
     if delay is not None and not_before is not None:
         raise BadRequest(
             f"delay and not_before were both given ({shown(delay)} and {shown(not_before)}): "
@@ -55,7 +47,7 @@ def submit_timing(body: Mapping[str, Any], now: int) -> Timing:
         )
     if delay is not None:
         not_before = now + delay
-    expires = _int(body, "expires", 0, MAX_TIME)
+    expires = optional_int(body, "expires", 0, MAX_TIME)
     if expires is not None:
         start, named = (now, "now") if not_before is None else (not_before, "its not_before")
         if expires <= start:
@@ -143,7 +135,7 @@ def update_settings(current: Settings, body: Any) -> Settings:
     }
     for key, (low, high) in bounds.items():
         if key in body:
-            value = _int(body, key, low, high)
+            value = optional_int(body, key, low, high)
             if value is None:
                 raise BadRequest(f"{key} must be an integer from {low} to {high}, got null")
             changes[key] = value
@@ -181,7 +173,7 @@ def retry_not_before(
 
 def report_delay(body: Mapping[str, Any]) -> int | None:
     """The ``delay`` of a server's status report (ms), or None."""
-    return _int(body, "delay", 0, MAX_DURATION)
+    return optional_int(body, "delay", 0, MAX_DURATION)
 
 
 EXPIRED_RESPONSE = {"error": "expired before it was taken"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cbor2
@@ -50,14 +50,20 @@ def body_map(
     return body
 
 
-def int_field(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
-    """``body[key]`` as an integer from ``low`` to ``high``, or ``default`` when absent."""
+def optional_int(body: Mapping[str, Any], key: str, low: int, high: int) -> int | None:
+    """``body[key]`` as an integer from ``low`` to ``high``, or None when absent (or null)."""
     value = body.get(key)
     if value is None:
-        return default
+        return None
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise BadRequest(f"{key} must be an integer from {low} to {high}, got {shown(value)}")
     return value
+
+
+def int_field(body: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    """``body[key]`` as an integer from ``low`` to ``high``, or ``default`` when absent."""
+    value = optional_int(body, key, low, high)
+    return default if value is None else value
 
 
 def seq_segment(text: str) -> int:
