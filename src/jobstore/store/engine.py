@@ -368,6 +368,18 @@ class Engine:
             txn.set_topic_seq(name, new.seq)
         return Change(new, prev, wire, encoded)
 
+    def hand_out(self, txn: Txn, job: Job, now: int, lease: int) -> Change:
+        """Hand ``job`` to a driver (a take or an accept) for ``lease`` ms: one more attempt."""
+        return self._transition(
+            txn,
+            job,
+            Event.TAKE,
+            now,
+            attempts=job.attempts + 1,
+            lease_until=self.clock.now + lease,
+            lease_ms=lease,
+        )
+
     def _transition(self, txn: Txn, job: Job, event: Event, now: int, **fields: Any) -> Change:
         try:
             status = apply(job.status, event)

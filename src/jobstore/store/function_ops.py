@@ -196,18 +196,7 @@ def commit_pending(svc: Service, txn: Txn, now: int) -> list[Change]:
         job = txn.get(function, call_id)
         if job is None or not job.status.queued or job.attempts != attempts:
             continue  # answered or taken meanwhile
-        lease = svc.limits.lease_ms
-        changes.append(
-            svc._transition(
-                txn,
-                job,
-                Event.TAKE,
-                now,
-                attempts=job.attempts + 1,
-                lease_until=svc.clock.now + lease,
-                lease_ms=lease,
-            )
-        )
+        changes.append(svc.hand_out(txn, job, now, svc.limits.lease_ms))
     if calls.forget:
         for ident in calls.forget:
             calls.observations.remove(ident)

@@ -285,19 +285,7 @@ class Service(Engine):
             jobs.append(job)
         if not jobs and wait:
             return Outcome(None, wait=Wait(dsid, wait))
-        until = self.clock.now + lease
-        changes = [
-            self._transition(
-                txn,
-                job,
-                Event.TAKE,
-                now,
-                attempts=job.attempts + 1,
-                lease_until=until,
-                lease_ms=lease,
-            )
-            for job in jobs
-        ]
+        changes = [self.hand_out(txn, job, now, lease) for job in jobs]
         body = {"jobs": [c.wire for c in changes]}
         encoded = jobs_body([c.encoded for c in changes])
         return Outcome(Reply(200, body, id=request.id, encoded_body=encoded), changes)
@@ -309,15 +297,7 @@ class Service(Engine):
         lease = int_field(body, "lease", self.limits.lease_ms, 1, 2**40)
         self._authorise(request)
         job = self._get(txn, params[0], job_id)
-        change = self._transition(
-            txn,
-            job,
-            Event.TAKE,
-            now,
-            attempts=job.attempts + 1,
-            lease_until=self.clock.now + lease,
-            lease_ms=lease,
-        )
+        change = self.hand_out(txn, job, now, lease)
         return Outcome(changed_reply(request, change), [change])
 
     def report(self, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
