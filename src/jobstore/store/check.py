@@ -22,11 +22,13 @@ from .keys import (
     STATUS_PREFIX,
     TOPIC_PREFIX,
     count_key,
+    dsid_of,
     index_keys,
     record_key,
     status_key,
 )
 from .storage import Storage, Txn
+from .txn import queue_entry
 
 
 def check(path: str | Path) -> tuple[int, list[str]]:
@@ -73,7 +75,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
     for key, value in txn.entries("jobs"):
         count += 1
         try:
-            job = records.load(key.split(b"\0", 1)[0].decode(), value)
+            job = records.load(dsid_of(key), value)
         except Exception as exc:
             problems.append(f"record {key!r} does not decode: {exc}")
             continue
@@ -94,8 +96,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
         for db, index_key in index_keys(job).items():
             expected[db][index_key] = b"" if db in EMPTY_VALUED else job.job.encode()
         if job.status in QUEUED:
-            entry = fairqueue.Entry(job.dsid, job.job, job.client, job.priority, job.seq)
-            queued.append((entry, job.not_before))
+            queued.append((queue_entry(job), job.not_before))
     problems += [f"seq {seq} is used by {n} records" for seq, n in seqs.items() if n > 1]
     for db, wanted in expected.items():
         found = dict(txn.entries(db))

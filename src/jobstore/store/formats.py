@@ -11,16 +11,12 @@ default priority and no due time, so all are due).
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from .. import records
 from ..errors import ConfigError
 from . import fairqueue
-from .fairqueue import Entry
-from .keys import FORMAT, FORMAT_KEY, u64
-
-if TYPE_CHECKING:
-    from .storage import Txn
+from .keys import FORMAT, FORMAT_KEY, dsid_of, timed_key, u64
+from .txn import Txn, queue_entry
 
 
 def upgrade(txn: Txn, wall_now: int | None = None) -> None:
@@ -45,13 +41,11 @@ def upgrade(txn: Txn, wall_now: int | None = None) -> None:
 
 def _order(txn: Txn) -> None:
     for key, job_id in list(txn.entries("queue")):
-        dsid = key.split(b"\0", 1)[0].decode()
+        dsid = dsid_of(key)
         job = txn.get(dsid, job_id.decode())
         if job is None:
             raise RuntimeError(f"queue points at missing job {dsid}/{job_id!r}: run jobstore check")
-        fairqueue.queue(
-            txn, Entry(dsid, job.job, job.client, job.priority, job.seq), job.not_before
-        )
+        fairqueue.queue(txn, queue_entry(job), job.not_before)
 
 
 def _rewrite(txn: Txn, found: int, wall_now: int) -> None:
@@ -61,11 +55,11 @@ def _rewrite(txn: Txn, found: int, wall_now: int) -> None:
             job = records.load_v1(value)
             encoded = records.encode(job)
         else:
-            job = records.load_v2(key.split(b"\0", 1)[0].decode(), value)
+            job = records.load_v2(dsid_of(key), value)
             encoded = value[8:]
         if job.lease_until:
             moved = job.evolve(lease_until=clock + max(1, job.lease_until - wall_now))
-            txn.delete_raw("leases", u64(job.lease_until) + key)
-            txn.put_raw("leases", u64(moved.lease_until) + key, b"")
+            txn.delete_raw("leases", timed_key(job.lease_until, key))
+            txn.put_raw("leases", timed_key(moved.lease_until, key), b"")
             job = moved
         txn.put_raw("jobs", key, records.dump(job, encoded))

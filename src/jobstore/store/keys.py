@@ -31,7 +31,7 @@ The index entries of a record are a function of the record alone
 (:func:`entries`), so a write replaces exactly the old record's entries with the
 new one's; ``check`` rebuilds them with the same function. The take order's
 indexes also depend on the order jobs arrived in: :mod:`jobstore.store.fairqueue`
-keeps them, from :meth:`jobstore.store.storage.Txn.put`.
+keeps them, from :meth:`jobstore.store.txn.Txn.put`.
 """
 
 from __future__ import annotations
@@ -70,6 +70,11 @@ def name(*parts: str) -> bytes:
 def record_key(dsid: str, job: str) -> bytes:
     """The key of a record in ``jobs``; the tail of its ``leases`` and ``done`` keys."""
     return name(dsid, job)
+
+
+def timed_key(when: int, record: bytes) -> bytes:
+    """A ``leases``, ``done`` or ``expiry`` key: the time, then the record's key."""
+    return u64(when) + record
 
 
 def count_key(*parts: str) -> bytes:
@@ -115,6 +120,12 @@ def index_keys(job: Job) -> dict[str, bytes]:
     """The index entries (database name -> key) a record owns."""
     found = entries(job, name(job.dsid), record_key(job.dsid, job.job))
     return {db: key for db, key in zip(INDEXES, found, strict=True) if key is not None}
+
+
+def dsid_of(key: bytes) -> str:
+    """The datasource of a key that starts with one (``jobs``, ``queue``, ``changes`` and
+    ``clients`` keys, and meta keys once their prefix is cut off)."""
+    return key.split(b"\0", 1)[0].decode()
 
 
 def split_timed(key: bytes) -> tuple[int, str, str]:
