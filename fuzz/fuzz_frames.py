@@ -31,8 +31,8 @@ with atheris.instrument_imports():
     from jobstore.protocol import Request, cbor, zest
     from jobstore.states import TERMINAL
     from jobstore.store.engine import Outcome
+    from jobstore.store.frames import zest_push_payload
     from jobstore.store.operations import Service
-    from jobstore.store.server import zest_push_payload
     from jobstore.store.storage import Storage
 
 STORAGE = Storage(tempfile.mkdtemp(prefix="jobstore-fuzz-"), map_size=1 << 26)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from jobstore.protocol import Request, cbor, zest
 from jobstore.store.engine import Outcome
-from jobstore.store.server import zest_push_payload
+from jobstore.store.frames import zest_push_payload
 
 BIG = 10**5000  # str() of it raises ValueError: more than 4300 digits
 

@@ -15,7 +15,7 @@ from jobstore.protocol import Reply, cbor, shown, zest
 from jobstore.protocol.cbor import decode_reply, encode_request
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.store import check, server
+from jobstore.store import check, frames, server
 from jobstore.store.auth import Authoriser
 from jobstore.store.operations import Service
 from jobstore.store.server import ServerConfig
@@ -333,4 +333,4 @@ def test_an_unexpected_error_publishing_costs_no_reply_of_the_batch(
 
 def test_encode_falls_back_to_a_500_for_a_body_no_codec_can_carry() -> None:
     reply = Reply(200, {"x": object()}, id=4)
-    assert decode_reply(server.encode(reply, None)) == Reply(500, error=server.UNENCODABLE, id=4)
+    assert decode_reply(frames.encode(reply, None)) == Reply(500, error=frames.UNENCODABLE, id=4)

@@ -16,55 +16,45 @@ from dataclasses import dataclass, replace
 
 import zmq
 
-from ..errors import JobstoreError, ProtocolError, TooLarge, TooMany
-from ..protocol import Reply, Request, cbor, zest
-from ..protocol.sealed import TOPIC_LENGTH, Change
+from ..errors import JobstoreError, TooMany
+from ..protocol import Reply, Request, zest
+from ..protocol.sealed import Change
 from .engine import Observe, Outcome, error_reply, mono_ms
+from .frames import (
+    FRAME_ROOM,
+    SMALL_FRAME,
+    Envelopes,
+    decode_frame,
+    encode,
+    is_zest,
+    zest_push_payload,
+)
 from .function_push import CallDelivery, is_call
 from .observers import Observers
 from .operations import Service
+from .server_config import DEFAULT_NOTIFY, DEFAULT_OBSERVE, DEFAULT_REQUEST, ServerConfig
+from .subscriptions import Subscriptions
 from .waiting import Parked, WaitingTakes
+
+# ServerConfig and the default endpoints live in server_config; they are imported from here too.
+__all__ = [
+    "DEFAULT_NOTIFY",
+    "DEFAULT_OBSERVE",
+    "DEFAULT_REQUEST",
+    "Server",
+    "ServerConfig",
+    "describe",
+    "now_ms",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REQUEST = "tcp://0.0.0.0:5555"
-DEFAULT_OBSERVE = "tcp://0.0.0.0:5556"
-DEFAULT_NOTIFY = "tcp://0.0.0.0:5557"
-ZEST_CODES = frozenset({0x01, 0x02, 0x04})
 TICK_MS = 200  # longest sleep, so a signal or stop() is noticed promptly
 INTERNAL = (
     "internal error in the store while answering this request; it has been logged, please "
     "report it (the store goes on serving)"
 )
 _MORE = zmq.SNDMORE | zmq.NOBLOCK
-# Room above --max-frame on the request socket, so a frame a little too large gets a 413
-# saying so; ZeroMQ disconnects a peer whose frame is larger still, before holding it.
-FRAME_ROOM = 64 * 1024
-# Largest frame a peer may send to the observe and notify sockets. Those peers send nothing
-# but the handshake (CURVE's largest command is well under this) and subscriptions.
-SMALL_FRAME = 1024
-
-
-@dataclass
-class ServerConfig:
-    """Where to listen and how; see ``jobstore serve --help``."""
-
-    request_endpoint: str = DEFAULT_REQUEST
-    observe_endpoint: str = DEFAULT_OBSERVE
-    notify_endpoint: str = DEFAULT_NOTIFY
-    secret_key: bytes | None = None
-    max_batch: int = 512
-    max_frame: int = 1 << 20
-    max_inflight_per_peer: int = 1000
-    send_hwm: int = 1000  # messages queued per peer before more are dropped
-    recv_hwm: int = 1000  # messages ZeroMQ reads ahead per peer before it stops reading
-    socket_buffer: int = 0  # kernel SO_SNDBUF / SO_RCVBUF per connection; 0 = the OS default
-    max_envelope: int = 8  # routing frames before the request frame
-    max_envelope_frame: int = 256  # bytes of one routing frame (a ZeroMQ identity is <= 255)
-    max_observers: int = 10_000
-    max_observers_per_peer: int = 100
-    max_parked: int = 10_000  # waiting takes, over all peers
-    observe_connect_ms: int = 10_000  # time an observer has to connect before it can be dropped
 
 
 @dataclass
@@ -95,9 +85,7 @@ class Server:
         self.observe = self._socket(zmq.ROUTER, self.config.observe_endpoint, SMALL_FRAME)
         # XPUB: it tells which topics have subscribers, so nobody's changes are sealed for nothing.
         self.notify = self._socket(zmq.XPUB, self.config.notify_endpoint, SMALL_FRAME)
-        # Subscribed topics and prefixes by length (b"" is everything): a change looks up each
-        # prefix of its topic, so its cost does not grow with the number of subscriptions.
-        self._subscriptions: dict[int, set[bytes]] = {}
+        self._subscriptions = Subscriptions()
         self.endpoints = {
             name: sock.getsockopt_string(zmq.LAST_ENDPOINT)
             for name, sock in (
@@ -110,11 +98,9 @@ class Server:
         self._waiting: WaitingTakes[_Pending] = WaitingTakes(self.config.max_parked)
         self._observers = Observers(self.config.max_observers, self.config.max_observers_per_peer)
         self._calls = CallDelivery(service, self._send_observe, self.config)
-        self._partial: list[bytes] = []  # routing frames of a request still arriving
-        self._discarding = False  # the request arriving broke the envelope limits
+        self._envelopes = Envelopes(self.config.max_envelope, self.config.max_envelope_frame)
         self.served = 0
         self.dropped = 0  # replies and pushes to peers that had gone or stopped reading
-        self.discarded = 0  # requests dropped unanswered: too many or too large routing frames
 
     def _socket(self, kind: int, endpoint: str, max_frame: int) -> zmq.Socket[bytes]:
         sock: zmq.Socket[bytes] = self.ctx.socket(kind)
@@ -203,7 +189,7 @@ class Server:
             except zmq.Again:
                 break
             frames -= 1
-            msg = self._assemble(frame, bool(self.request.rcvmore))
+            msg = self._envelopes.add(frame, bool(self.request.rcvmore))
             if msg is None:
                 continue
             received += 1
@@ -230,29 +216,6 @@ class Server:
                 pending.append(item)
         return pending
 
-    def _assemble(self, frame: bytes, more: bool) -> list[bytes] | None:
-        """The whole message once ``frame`` completes one within the envelope limits, else None.
-
-        Routing frames are kept until the request frame arrives; a message with more or
-        larger routing frames than allowed is dropped as it arrives and counted, never
-        held whole (ZeroMQ bounds each frame, not the number of frames in a message).
-        """
-        if more:
-            if not self._discarding and (
-                len(frame) > self.config.max_envelope_frame
-                or len(self._partial) >= self.config.max_envelope
-            ):
-                self._partial, self._discarding = [], True
-            if not self._discarding:
-                self._partial.append(frame)
-            return None
-        if self._discarding:
-            self._discarding = False
-            self.discarded += 1
-            return None
-        msg, self._partial = [*self._partial, frame], []
-        return msg
-
     def _send(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> int:
         """Send without blocking; 0, or the errno of a message dropped (and counted)."""
         try:
@@ -268,22 +231,8 @@ class Server:
     def _decode(self, msg: list[bytes]) -> _Pending | None:
         envelope, frame = msg[:-1], msg[-1]
         self.served += 1
-        is_zest = bool(frame) and frame[0] in ZEST_CODES
         try:
-            if len(frame) > self.config.max_frame:
-                raise TooLarge(
-                    f"request frame is {len(frame)} bytes; the limit is {self.config.max_frame}: "
-                    "send smaller request bodies"
-                )
-            if is_zest:
-                return _Pending(envelope, zest.decode_request(frame), True)
-            if cbor.is_native(frame):
-                return _Pending(envelope, cbor.decode_request(frame), False)
-            first = f"0x{frame[0]:02x}" if frame else "an empty frame"
-            raise ProtocolError(
-                f"unrecognised request frame (first byte {first}): send a CBOR map "
-                "(native protocol) or a Zest GET/POST/DELETE frame"
-            )
+            return _Pending(envelope, *decode_frame(frame, self.config.max_frame))
         except JobstoreError as exc:
             self._refuse(msg, exc)
             return None
@@ -297,7 +246,7 @@ class Server:
         envelope, frame = msg[:-1], msg[-1]
         reply = Reply(exc.status, exc.body, exc.message, getattr(exc, "id", None))
         bare = None
-        if frame and frame[0] in ZEST_CODES:
+        if is_zest(frame):
             bare = Request("POST", "/", content_format=zest.FORMAT_TEXT)
         self._send(self.request, [*envelope, encode(reply, bare)])
 
@@ -307,7 +256,7 @@ class Server:
             replies_dropped=self.dropped,
             zest_observers=len(self._observers),
             waiting_takes=self._waiting.count,
-            requests_discarded=self.discarded,
+            requests_discarded=self._envelopes.discarded,
         )
         mono = mono_ms()
         pending = [_woken(p, mono) for p in self._waiting.due(mono)] + pending
@@ -390,30 +339,18 @@ class Server:
         return reply, request._replace(content_format=zest.FORMAT_TEXT)
 
     def _update_subscriptions(self) -> None:
-        """Apply the (un)subscribe messages XPUB has for us: first byte 1 or 0, then the topic."""
+        """Apply the (un)subscribe messages XPUB has for us."""
         while True:
             try:
                 event = self.notify.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            topic = event[1:]
-            if len(topic) > TOPIC_LENGTH:
-                continue  # matches no topic: every topic is TOPIC_LENGTH bytes
-            same_length = self._subscriptions.setdefault(len(topic), set())
-            if event[:1] == b"\x01":
-                same_length.add(topic)
-            elif event[:1] == b"\x00":
-                same_length.discard(topic)
-            if not same_length:
-                del self._subscriptions[len(topic)]
-
-    def _wanted(self, topic: bytes) -> bool:
-        return any(topic[:length] in same for length, same in self._subscriptions.items())
+            self._subscriptions.apply(event)
 
     def _publish(self, changes: Iterable[Change]) -> None:
         for change in changes:
             try:
-                for message in self.sealer.messages(change, self._wanted):
+                for message in self.sealer.messages(change, self._subscriptions.wanted):
                     self._send(self.notify, message)  # a PUB socket drops rather than blocks
                 if len(self._observers):
                     self._push(change)
@@ -462,35 +399,6 @@ class Server:
 def _woken(parked: Parked[_Pending], mono: int) -> _Pending:
     """The adapter's item for a parked take run again: what is left of its wait, its envelope."""
     return replace(parked.token, request=parked.retry(mono), parked=parked)
-
-
-def encode(reply: Reply, request: Request | None) -> bytes:
-    """``reply`` as a frame: Zest answering ``request``, or native when ``request`` is None.
-
-    A reply that cannot be encoded (a record an older version stored with a value JSON
-    lacks) becomes a 500 for this request alone; the store goes on.
-    """
-    try:
-        return cbor.encode_reply(reply) if request is None else zest.encode_reply(reply, request)
-    except Exception:
-        codec = "native" if request is None else f"Zest format {request.content_format}"
-        log.exception("cannot encode a %d reply (%s)", reply.status, codec)
-        failed = Reply(500, error=UNENCODABLE, id=reply.id)
-        return cbor.encode_reply(failed) if request is None else zest.encode_reply(failed, request)
-
-
-UNENCODABLE = (
-    "the store cannot encode its reply to this request in this format (a record written by an "
-    "older version holds a value such as NaN that JSON lacks); run `jobstore check` on the "
-    "data directory and report it"
-)
-
-
-def zest_push_payload(change: Change) -> bytes:
-    """The payload of a Zest observe push: ``<ms> <path> json <record as JSON>``."""
-    job = change.job
-    path = f"/{job.dsid}/job/{job.client}/{job.job}"
-    return f"{job.updated} {path} json ".encode() + zest.encode_json(change.wire)
 
 
 def describe(server: Server, auth_on: bool) -> list[str]:
