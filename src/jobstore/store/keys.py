@@ -128,7 +128,12 @@ def dsid_of(key: bytes) -> str:
     return key.split(b"\0", 1)[0].decode()
 
 
+def time_of(key: bytes) -> int:
+    """The time a ``leases``, ``done`` or ``expiry`` key starts with."""
+    return int.from_bytes(key[:U64], "big")
+
+
 def split_timed(key: bytes) -> tuple[int, str, str]:
     """(time, dsid, job) of a ``leases``, ``done`` or ``expiry`` key."""
     dsid, job, _ = bytes(key[U64:]).decode().split("\0")
-    return int.from_bytes(key[:U64], "big"), dsid, job
+    return time_of(key), dsid, job

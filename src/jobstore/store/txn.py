@@ -28,7 +28,6 @@ from .keys import (
     NO_ENTRIES,
     SEQ_KEY,
     STATUS_PREFIX,
-    U64,
     count_key,
     dsid_of,
     entries,
@@ -38,6 +37,7 @@ from .keys import (
     settings_key,
     split_timed,
     status_key,
+    time_of,
     topic_key,
 )
 from .scheduling import Settings, settings_from
@@ -215,7 +215,7 @@ class Txn(RawTxn):
     def next_lease(self) -> int | None:
         """The earliest lease deadline (store clock), or None when no job is accepted."""
         found = self.first_raw("leases", b"")
-        return None if found is None else int.from_bytes(found[0][:U64], "big")
+        return None if found is None else time_of(found[0])
 
     def take_next(self, dsid: str) -> Job | None:
         """The job a take of ``dsid`` gets next, out of the take order (fairqueue)."""
@@ -242,7 +242,7 @@ class Txn(RawTxn):
 
     def next_expiry(self) -> int | None:
         found = self.first_raw("expiry", b"")
-        return None if found is None else int.from_bytes(found[0][:U64], "big")
+        return None if found is None else time_of(found[0])
 
     def settings(self, dsid: str) -> Settings:
         """A datasource's queue settings (the defaults until some are set)."""
