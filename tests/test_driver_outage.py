@@ -2,7 +2,8 @@
 
 The restart tests run ``jobstore serve`` as a process, stop it and start it again on
 the same endpoints and data directory under a running driver: the CLI's ``work``,
-``Driver.run`` and the asyncio ``Driver.run``.
+``Driver.run`` and the asyncio ``Driver.run``. A handler's SetupError, for both flavours,
+is in tests/_async/test_driver_run.py.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from jobstore import aio
 from jobstore.client import Driver, JobClient, JobContext
 from jobstore.client.decisions import Outage
-from jobstore.errors import SetupError, Timeout
+from jobstore.errors import Timeout
 
 from .conftest import RunningStore
 from .test_serve_process import Served
@@ -312,38 +313,6 @@ def test_work_with_a_command_that_is_not_there_hands_the_job_back_and_stops(
     assert statuses == ["retrying", "submitted", "submitted"]
 
 
-def test_driver_run_hands_back_the_job_and_raises_a_setup_error(store: RunningStore) -> None:
-    def handler(ctx: JobContext) -> Any:
-        raise SetupError("the model file is missing")
-
-    with store.client() as app, store.driver() as driver:
-        app.submit(1, job="a")
-        app.submit(2, job="b")
-        with pytest.raises(SetupError, match="the model file is missing"):
-            driver.run(handler, wait=0, max_jobs=2)
-        assert app.status("a")["status"] == "retrying"
-        assert app.status("b")["status"] == "submitted"
-
-
-def test_the_asyncio_driver_hands_back_the_job_and_raises_a_setup_error(
-    store: RunningStore,
-) -> None:
-    async def handler(ctx: JobContext) -> Any:
-        raise SetupError("the model file is missing")
-
-    async def main() -> None:
-        async with aio.Driver(store.endpoint, "ds") as driver:
-            with pytest.raises(SetupError, match="the model file is missing"):
-                await driver.run(handler, wait=0, max_jobs=2)
-
-    with store.client() as app:
-        app.submit(1, job="a")
-        app.submit(2, job="b")
-        asyncio.run(main())
-        assert app.status("a")["status"] == "retrying"
-        assert app.status("b")["status"] == "submitted"
-
-
 # Ctrl-C
 
 
@@ -421,6 +390,7 @@ def test_ctrl_c_of_the_example_driver_hands_the_job_back_in_one_line(
         assert app.status("long")["status"] == "retrying"
 
 
+# asyncio only: a task's cancel (the sync driver's Ctrl-C is tested above).
 def test_a_cancelled_asyncio_driver_hands_the_job_back(store: RunningStore) -> None:
     async def main() -> None:
         started = asyncio.Event()
