@@ -57,6 +57,10 @@ class Background:
     def __init__(self, driver: Driver, handler: Any, **kw: Any) -> None:
         self._task = asyncio.create_task(driver.run(handler, **kw))
 
+    def done(self) -> bool:
+        """True once the run has ended (read from any thread)."""
+        return self._task.done()
+
     async def result(self, limit: float) -> int:
         """What the run returned (the jobs it ran); fail the test after ``limit`` seconds."""
         return await asyncio.wait_for(self._task, limit)

@@ -77,6 +77,10 @@ class Background:
         except BaseException as exc:
             self._outcome.append(exc)
 
+    def done(self) -> bool:
+        """True once the run has ended (read from any thread)."""
+        return not self._thread.is_alive()
+
     def result(self, limit: float) -> int:
         """What the run returned (the jobs it ran); fail the test after ``limit`` seconds."""
         self._thread.join(limit)
