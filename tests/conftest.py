@@ -17,6 +17,10 @@ from jobstore.store.operations import Limits, Service
 from jobstore.store.server import Server, ServerConfig
 from jobstore.store.storage import Storage
 
+# The outage tests' fixtures, for tests/test_driver_outage.py and both flavours of
+# tests/_async/test_driver_outage.py: a store process to restart, the outage log lines.
+from .outage import noticed, served_store  # noqa: F401
+
 TIMEOUT_MS = 5000
 
 

@@ -1,37 +1,35 @@
 """Drivers that outlive their store's restarts, a worker that cannot run its handler, and Ctrl-C.
 
-The restart tests run ``jobstore serve`` as a process, stop it and start it again on
-the same endpoints and data directory under a running driver: the CLI's ``work``,
-``Driver.run`` and the asyncio ``Driver.run``.
+The restart test runs ``jobstore serve`` as a process, stops it and starts it again on
+the same endpoints and data directory under the CLI's ``work`` (tests/outage.py). Both
+flavours' ``Driver.run`` across a restart is in tests/_async/test_driver_outage.py, a
+handler's SetupError in tests/_async/test_driver_run.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobstore import aio
-from jobstore.client import Driver, JobClient, JobContext
+from jobstore.client import JobClient, JobContext
 from jobstore.client.decisions import Outage
-from jobstore.errors import SetupError, Timeout
+from jobstore.errors import Timeout
 
 from .conftest import RunningStore
-from .test_serve_process import Served
+from .outage import LIMIT, Store, jobstore_env, restart_under, told_once, wait_for
 
 COMMAND = [sys.executable, "-m", "jobstore"]
 EXAMPLES = Path(__file__).parent.parent / "examples"
-LIMIT = 60.0  # seconds any one thing may take on a loaded machine before the test gives up
 
 
 # The backoff and the outage lines, without sleeping
@@ -73,106 +71,6 @@ def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends() -> None:
     assert outage.failed(Timeout("no reply"))[0] == 0.1
 
 
-# Helpers
-
-
-def jobstore_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("JOBSTORE_", "DATABOX_"))}
-
-
-def wait_for(
-    endpoint: str, job: str, statuses: tuple[str, ...], client: str = "app1"
-) -> dict[str, Any]:
-    """The job's record once its status is one of ``statuses``; fail after LIMIT seconds."""
-    deadline = time.monotonic() + LIMIT
-    record: dict[str, Any] | None = None
-    with JobClient(endpoint, "ds", client, timeout=1) as app:
-        while True:
-            try:
-                record = app.status(job)
-            except Timeout:
-                record = None  # the store is restarting
-            if record is not None and record["status"] in statuses:
-                return record
-            assert time.monotonic() < deadline, f"job {job} never became {statuses}: {record}"
-            time.sleep(0.05)
-
-
-class Store:
-    """A ``jobstore serve`` process that can be stopped and started again in place."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.data, self.sockets = tmp_path / "data", tmp_path / "sockets"
-        self.started: list[Served] = []
-        self.start()
-
-    @property
-    def endpoint(self) -> str:
-        return self.started[-1].endpoints["request"]
-
-    def start(self) -> None:
-        served = Served(self.data, self.sockets)
-        self.started.append(served)
-        served.wait_until_serving()
-
-    def stop(self) -> None:
-        self.started[-1].stop()
-
-    def submit(self, request: Any, job: str) -> None:
-        with JobClient(self.endpoint, "ds", "app1") as app:
-            app.submit(request, job=job)
-
-
-@pytest.fixture
-def served_store(tmp_path: Path) -> Iterator[Store]:
-    store = Store(tmp_path)
-    yield store
-    for served in store.started:
-        served.kill()
-
-
-def restart_under(store: Store, finished: Callable[[str], None], noticed: threading.Event) -> None:
-    """A job before and one after a restart of the store are both run by the same driver; the
-    store stays down until the driver has noticed (a quick restart could go unseen)."""
-    store.submit("one", "before")
-    finished("before")
-    store.stop()
-    assert noticed.wait(LIMIT), "the driver never said the store does not answer"
-    store.start()
-    store.submit("two", "after")
-    finished("after")
-
-
-class Noticed(logging.Handler):
-    """Sets ``event`` when a jobstore log line says the store does not answer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.event = threading.Event()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        if "the store does not answer" in record.getMessage():
-            self.event.set()
-
-
-@pytest.fixture
-def noticed() -> Iterator[Noticed]:
-    handler = Noticed()
-    logger = logging.getLogger("jobstore")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
-
-
-def told_once(lines: list[str]) -> None:
-    """One line when the outage started, one when it ended."""
-    text = "\n".join(lines)
-    assert text.count("the store does not answer") == 1, text
-    assert text.count("the store answers again") == 1, text
-
-
 # Restarts
 
 
@@ -210,71 +108,6 @@ def test_work_carries_on_across_a_restart_of_the_store(served_store: Store) -> N
     told_once(lines)
 
 
-def test_driver_run_reports_an_outcome_made_while_the_store_was_down(
-    served_store: Store, noticed: Noticed
-) -> None:
-    store_down = threading.Event()
-
-    def handler(ctx: JobContext) -> Any:
-        if ctx.request == "one":
-            # Finish while the store is down: the report must wait for it to come back.
-            assert store_down.wait(LIMIT)
-        return ctx.request
-
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def drive() -> None:
-        with Driver(served_store.endpoint, "ds", timeout=1) as driver:
-            try:
-                driver.run(handler, stop=stop)
-            except BaseException as exc:
-                errors.append(exc)
-
-    thread = threading.Thread(target=drive, daemon=True)
-    thread.start()
-    try:
-        served_store.submit("one", "before")
-        wait_for(served_store.endpoint, "before", ("accepted",))
-        served_store.stop()
-        store_down.set()
-        # The store stays down until the report of "before" has gone unanswered.
-        assert noticed.event.wait(LIMIT), "the driver never said the store does not answer"
-        served_store.start()
-        assert wait_for(served_store.endpoint, "before", ("complete",))["response"] == "one"
-        served_store.submit("two", "after")
-        assert wait_for(served_store.endpoint, "after", ("complete",))["response"] == "two"
-        assert thread.is_alive() and not errors, errors
-    finally:
-        stop.set()
-        thread.join(LIMIT)
-    told_once(noticed.lines)
-
-
-def test_the_asyncio_driver_carries_on_across_a_restart_of_the_store(
-    served_store: Store, noticed: Noticed
-) -> None:
-    async def handler(ctx: JobContext) -> Any:
-        return ctx.request
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        async with aio.Driver(served_store.endpoint, "ds", timeout=1) as driver:
-            run = asyncio.create_task(driver.run(handler, stop=stop))
-
-            def finished(job: str) -> None:
-                assert wait_for(served_store.endpoint, job, ("complete",))["response"]
-                assert not run.done(), run.exception()
-
-            # The store is driven from a thread: this loop must keep running the driver.
-            await asyncio.to_thread(restart_under, served_store, finished, noticed.event)
-            stop.set()
-            assert await asyncio.wait_for(run, LIMIT) == 2
-
-    asyncio.run(main())
-    told_once(noticed.lines)
-
-
 # A worker that cannot run its handler
 
 
@@ -310,38 +143,6 @@ def test_work_with_a_command_that_is_not_there_hands_the_job_back_and_stops(
     with JobClient(served_store.endpoint, "ds", "app1") as app:
         statuses = sorted(app.status(f"job-{n}")["status"] for n in range(3))
     assert statuses == ["retrying", "submitted", "submitted"]
-
-
-def test_driver_run_hands_back_the_job_and_raises_a_setup_error(store: RunningStore) -> None:
-    def handler(ctx: JobContext) -> Any:
-        raise SetupError("the model file is missing")
-
-    with store.client() as app, store.driver() as driver:
-        app.submit(1, job="a")
-        app.submit(2, job="b")
-        with pytest.raises(SetupError, match="the model file is missing"):
-            driver.run(handler, wait=0, max_jobs=2)
-        assert app.status("a")["status"] == "retrying"
-        assert app.status("b")["status"] == "submitted"
-
-
-def test_the_asyncio_driver_hands_back_the_job_and_raises_a_setup_error(
-    store: RunningStore,
-) -> None:
-    async def handler(ctx: JobContext) -> Any:
-        raise SetupError("the model file is missing")
-
-    async def main() -> None:
-        async with aio.Driver(store.endpoint, "ds") as driver:
-            with pytest.raises(SetupError, match="the model file is missing"):
-                await driver.run(handler, wait=0, max_jobs=2)
-
-    with store.client() as app:
-        app.submit(1, job="a")
-        app.submit(2, job="b")
-        asyncio.run(main())
-        assert app.status("a")["status"] == "retrying"
-        assert app.status("b")["status"] == "submitted"
 
 
 # Ctrl-C
@@ -421,6 +222,7 @@ def test_ctrl_c_of_the_example_driver_hands_the_job_back_in_one_line(
         assert app.status("long")["status"] == "retrying"
 
 
+# asyncio only: a task's cancel (the sync driver's Ctrl-C is tested above).
 def test_a_cancelled_asyncio_driver_hands_the_job_back(store: RunningStore) -> None:
     async def main() -> None:
         started = asyncio.Event()

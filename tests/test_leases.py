@@ -1,4 +1,7 @@
-"""Leases without sockets: measured on the store clock, remembered per job, and tied to an attempt."""
+"""Leases: measured on the store clock, remembered per job, and tied to an attempt.
+
+Without sockets, but for the last few: the same clocks under a served store and its clients.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pytest
 
 from jobstore.store.operations import Limits
 
+from .conftest import Clocks, RunningStore, StoreFactory
 from .test_service import Harness
 
 HOUR = 3_600_000
@@ -148,3 +152,47 @@ def test_an_attempt_that_is_not_a_count_is_400(h: Harness, attempt: Any) -> None
     h.take()
     body = {"job": "j1", "status": "complete", "attempt": attempt}
     assert "attempt must be an integer" in h.error("POST", "/server/ds/job/status", body, 400)
+
+
+# A served store
+
+
+def test_a_wall_clock_step_forward_expires_no_lease_of_a_served_store(
+    store: RunningStore, clocks: Clocks
+) -> None:
+    with store.client() as app, store.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take(lease=60_000)
+        clocks.wall += HOUR  # NTP sets the clock of a box with no RTC; no time has passed
+        assert app.status(job)["status"] == "accepted"
+        assert driver.complete(job, "done")["status"] == "complete"
+
+
+def test_a_wall_clock_step_back_keeps_no_dead_drivers_lease(
+    store: RunningStore, clocks: Clocks
+) -> None:
+    with store.client() as app, store.driver() as dead, store.driver() as alive:
+        job = app.submit("x")["job"]
+        dead.take(lease=60_000)
+        clocks.wall -= HOUR  # the clock is set back an hour ...
+        clocks.mono += 60_000  # ... and the lease's minute passes without a word from its driver
+        [again] = alive.take(wait=5000)
+        assert again["job"] == job and again["attempts"] == 2
+        assert again["created"] <= again["updated"]
+
+
+def test_a_lease_keeps_what_it_had_left_across_a_restart_a_day_later(
+    start_store: StoreFactory, clocks: Clocks
+) -> None:
+    first = start_store()
+    with first.client() as app, first.driver() as driver:
+        job = app.submit("x")["job"]
+        driver.take(lease=60_000)
+    first.stop()
+    clocks.wall += 24 * HOUR  # the box was off for a day (or its clock is set on boot)
+    second = start_store(data_dir=first.data_dir)
+    with second.client() as app, second.driver() as driver:
+        assert app.status(job)["status"] == "accepted"
+        clocks.mono += 60_000  # the lease's minute passes with the store up, and no renewal
+        [again] = driver.take(wait=5000)
+        assert again["job"] == job and again["attempts"] == 2

@@ -13,21 +13,13 @@ hands each reply to the call waiting for its ``id``.
                 ...
 """
 
-from .client._async.app import JobClient
-from .client._async.connection import Connection
-from .client._async.driver import Driver
-from .client._async.watch import Watch
-from .client.outcomes import JobContext
-from .errors import ForbidJob, JobCancelled, RetryJob, SetupError
-
-__all__ = [
-    "Connection",
-    "Driver",
-    "ForbidJob",
-    "JobCancelled",
-    "JobClient",
-    "JobContext",
-    "RetryJob",
-    "SetupError",
-    "Watch",
-]
+# Re-exported by name (``X as X``): what ``jobstore.aio`` offers, as mypy and ruff read it.
+from .client._async.app import JobClient as JobClient
+from .client._async.connection import Connection as Connection
+from .client._async.driver import Driver as Driver
+from .client._async.watch import Watch as Watch
+from .client.outcomes import JobContext as JobContext
+from .errors import ForbidJob as ForbidJob
+from .errors import JobCancelled as JobCancelled
+from .errors import RetryJob as RetryJob
+from .errors import SetupError as SetupError

@@ -17,13 +17,19 @@ One root, :class:`JobstoreError`, and beneath it:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 
 class JobstoreError(Exception):
     """Root of all jobstore errors. ``status`` is the HTTP-style code of the reply."""
 
     status = 500
+
+    def __init_subclass__(cls, *, status: int | None = None, **kwargs: Any) -> None:
+        """``class Conflict(StatusError, status=409)``: a class's status beside its name."""
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls.status = status
 
     def __init__(self, message: str, body: Any = None) -> None:
         super().__init__(message)
@@ -35,85 +41,62 @@ class StatusError(JobstoreError):
     """An error the store answers with its ``status``: the part the store and the client share."""
 
 
-class ProtocolError(StatusError):
+class ProtocolError(StatusError, status=400):
     """A frame that is not a well-formed request of either codec.
 
     ``id`` is the request's id when the frame was readable enough to find it, so
     a pipelining peer can match the error reply to its request.
     """
 
-    status = 400
     id: int | str | None = None
 
 
-class BadRequest(StatusError):
+class BadRequest(StatusError, status=400):
     """A well-formed frame whose fields are missing, of the wrong type or out of range."""
 
-    status = 400
 
-
-class Unauthorized(StatusError):
+class Unauthorized(StatusError, status=401):
     """The request's token is missing, forged, or does not grant this request."""
 
-    status = 401
 
-
-class Forbidden(StatusError):
+class Forbidden(StatusError, status=403):
     """The request names a job that belongs to another client."""
 
-    status = 403
 
-
-class NotFound(StatusError):
+class NotFound(StatusError, status=404):
     """No such path, or no such job."""
 
-    status = 404
 
-
-class MethodNotAllowed(StatusError):
+class MethodNotAllowed(StatusError, status=405):
     """The path exists but not with this method."""
 
-    status = 405
 
-
-class Conflict(StatusError):
+class Conflict(StatusError, status=409):
     """The request contradicts the stored state; ``body`` holds the current record."""
-
-    status = 409
 
 
 class InvalidTransition(Conflict):
     """The job's status does not allow this event (docs/states.md)."""
 
 
-class TooLarge(StatusError):
+class TooLarge(StatusError, status=413):
     """The request frame exceeds the configured size limit."""
 
-    status = 413
 
-
-class TooMany(StatusError):
+class TooMany(StatusError, status=429):
     """A configured limit on outstanding jobs or requests in flight was reached."""
 
-    status = 429
 
-
-class Unavailable(StatusError):
+class Unavailable(StatusError, status=503):
     """The store is shutting down or not yet ready."""
 
-    status = 503
 
-
-class StorageFull(StatusError):
+class StorageFull(StatusError, status=507):
     """The LMDB map reached its configured ceiling; reads keep working."""
 
-    status = 507
 
-
-class ClientError(JobstoreError):
+class ClientError(JobstoreError, status=0):
     """Raised by the client libraries, never by the store. ``status`` is the reply's status, or 0."""
-
-    status = 0
 
 
 class RequestFailed(ClientError):
@@ -130,58 +113,32 @@ class RequestFailed(ClientError):
         return f"{self.status}: {self.message}"
 
 
-class BadRequestReply(RequestFailed, BadRequest):
-    """A 400 reply: the request was malformed or out of range."""
-
-
-class UnauthorizedReply(RequestFailed, Unauthorized):
-    """A 401 reply: the token is missing, forged, or does not grant the request."""
-
-
-class ForbiddenReply(RequestFailed, Forbidden):
-    """A 403 reply: the job belongs to another client."""
-
-
-class NotFoundReply(RequestFailed, NotFound):
-    """A 404 reply: no such path, or no such job."""
-
-
-class MethodNotAllowedReply(RequestFailed, MethodNotAllowed):
-    """A 405 reply: the path exists but not with this method."""
-
-
-class ConflictReply(RequestFailed, Conflict):
-    """A 409 reply: the request contradicts the stored state; ``body`` holds the current record."""
-
-
-class TooLargeReply(RequestFailed, TooLarge):
-    """A 413 reply: the request frame exceeds the store's size limit."""
-
-
-class TooManyReply(RequestFailed, TooMany):
-    """A 429 reply: a limit on outstanding jobs or requests in flight was reached."""
-
-
-class UnavailableReply(RequestFailed, Unavailable):
-    """A 503 reply: the store is shutting down or not yet ready."""
-
-
-class StorageFullReply(RequestFailed, StorageFull):
-    """A 507 reply: the store's storage is full; reads keep working."""
+def _reply_class(status_class: type[StatusError]) -> type[RequestFailed]:
+    """What a client raises for a reply of ``status_class``'s status: a :class:`RequestFailed`
+    that is also a ``status_class`` (``ConflictReply``, say), so ``except Conflict`` catches it."""
+    name = f"{status_class.__name__}Reply"
+    body = {
+        "__doc__": f"{status_class.__doc__} (A {status_class.status} reply, raised by a client.)",
+        "__module__": __name__,
+    }
+    return cast("type[RequestFailed]", type(name, (RequestFailed, status_class), body))
 
 
 # By the status of a reply (not the classes' ``status``: ClientError's 0 comes first in their MRO).
 _REPLIES: dict[int, type[RequestFailed]] = {
-    400: BadRequestReply,
-    401: UnauthorizedReply,
-    403: ForbiddenReply,
-    404: NotFoundReply,
-    405: MethodNotAllowedReply,
-    409: ConflictReply,
-    413: TooLargeReply,
-    429: TooManyReply,
-    503: UnavailableReply,
-    507: StorageFullReply,
+    status_class.status: _reply_class(status_class)
+    for status_class in (
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        TooLarge,
+        TooMany,
+        Unavailable,
+        StorageFull,
+    )
 }
 
 
@@ -199,10 +156,8 @@ class ArbiterError(JobstoreError):
     """The Databox arbiter refused or did not answer a call of :mod:`jobstore.databox.arbiter`."""
 
 
-class ConfigError(JobstoreError):
+class ConfigError(JobstoreError, status=0):
     """The store cannot start as configured (missing secret, unreachable arbiter…)."""
-
-    status = 0
 
 
 # Handler signals: raised by a driver's handler to say how its job ended, caught by Driver.run.

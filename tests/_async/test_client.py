@@ -1,8 +1,9 @@
-"""JobClient and Driver against a real store: the checks both flavours share, written once.
+"""JobClient and Driver calls against a real store: the checks both flavours share, written once.
 
 Each test runs for the asyncio flavour here and for the sync one in the module
-scripts/unasync.py generates from this; tests/test_aio.py and tests/test_client.py keep
-what only one flavour has.
+scripts/unasync.py generates from this (test_driver_run.py and test_client_watch.py beside it
+hold the driver's run and the watch); tests/test_aio.py and tests/test_client.py keep what only
+one flavour has.
 """
 
 from __future__ import annotations
@@ -11,28 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
-from jobstore.aio import Driver, ForbidJob, JobClient, JobContext, RetryJob
+from jobstore.aio import Driver, JobClient
 from jobstore.errors import RequestFailed, Timeout
+from jobstore.store.auth import Authoriser
 
 from ..conftest import Clocks, RunningStore, StoreFactory
-from .flavour import run, running, to_thread
-
-
-def client(store: RunningStore, name: str = "app1") -> JobClient:
-    return JobClient(store.endpoint, "ds", name, notify_endpoint=store.notify_endpoint)
-
-
-def driver(store: RunningStore) -> Driver:
-    return Driver(store.endpoint, "ds", notify_endpoint=store.notify_endpoint)
-
-
-async def wait_for(app: JobClient, job: str, *statuses: str) -> dict[str, Any]:
-    async with app.watch(timeout=10) as watch:
-        async for record in watch:
-            if record["job"] == job and record["status"] in statuses:
-                return record
-    raise AssertionError("watch ended")
+from ..test_databox import IDENTITY, PUBLIC_KEY, SECRET_KEY, TOKEN_SECRET, app_token, token
+from .flavour import Context, run
+from .helpers import client, driver
 
 
 def test_submit_status_and_cancel(store: RunningStore) -> None:
@@ -76,106 +65,6 @@ def test_jobs_iterates_every_page(store: RunningStore) -> None:
     run(main())
 
 
-def test_watch_catches_up_then_follows_live_changes(store: RunningStore) -> None:
-    async def main() -> None:
-        async with client(store) as app, driver(store) as drv:
-            await app.submit("early", job="early")
-            async with app.watch(timeout=10) as watch:
-                assert (await anext(watch))["job"] == "early"
-                await app.submit("late", job="late")
-                assert (await anext(watch))["job"] == "late"
-                await drv.take(2)
-                changes = [await anext(watch), await anext(watch)]
-        assert [(r["job"], r["status"]) for r in changes] == [
-            ("early", "accepted"),
-            ("late", "accepted"),
-        ]
-
-    run(main())
-
-
-def test_watch_misses_nothing_across_a_store_restart(start_store: StoreFactory) -> None:
-    first = start_store()
-    endpoints = {
-        "request_endpoint": first.endpoint,
-        "observe_endpoint": first.server.endpoints["observe"],
-        "notify_endpoint": first.notify_endpoint,
-    }
-
-    async def main() -> None:
-        async with client(first) as app, app.watch(idle=0.1, timeout=10) as watch:
-            await app.submit(1, job="before")
-            assert (await anext(watch))["job"] == "before"
-            await to_thread(first.stop)
-            second = start_store(data_dir=first.data_dir, **endpoints)
-            async with client(second) as other:
-                await other.submit(2, job="after-1")
-                await other.submit(3, job="after-2")
-            assert [(await anext(watch))["job"], (await anext(watch))["job"]] == [
-                "after-1",
-                "after-2",
-            ]
-
-    run(main())
-
-
-def test_watch_with_a_timeout_ends_when_nothing_changes(store: RunningStore) -> None:
-    async def main() -> None:
-        async with client(store) as app, app.watch(timeout=0.3) as watch:
-            with pytest.raises(Timeout):
-                await anext(watch)
-
-    run(main())
-
-
-def test_driver_run_completes_jobs_with_the_handlers_result(store: RunningStore) -> None:
-    async def echo(ctx: JobContext) -> dict[str, Any]:
-        return {"echo": ctx.request}
-
-    async def main() -> dict[str, Any]:
-        async with client(store) as app, running(driver(store), echo):
-            job = (await app.submit({"x": 1}))["job"]
-            return await wait_for(app, job, "complete")
-
-    record = run(main())
-    assert record["response"] == {"echo": {"x": 1}} and record["attempts"] == 1
-
-
-def test_driver_run_fails_a_job_whose_handler_raises(store: RunningStore) -> None:
-    async def broken(ctx: JobContext) -> None:
-        raise ValueError("sensor offline")
-
-    async def main() -> dict[str, Any]:
-        async with client(store) as app, running(driver(store), broken):
-            job = (await app.submit("x"))["job"]
-            return await wait_for(app, job, "failed")
-
-    assert run(main())["response"] == {"error": "ValueError: sensor offline"}
-
-
-@pytest.mark.parametrize(("exc", "status"), [(ForbidJob, "forbidden"), (RetryJob, "retrying")])
-def test_driver_run_reports_what_the_handler_signals(
-    store: RunningStore, exc: type[Exception], status: str
-) -> None:
-    calls: list[str] = []
-
-    async def handler(ctx: JobContext) -> None:
-        calls.append(ctx.id)
-        if len(calls) == 1:
-            raise exc("not now")
-
-    async def main() -> dict[str, Any]:
-        async with client(store) as app, running(driver(store), handler):
-            job = (await app.submit("x"))["job"]
-            # A retried job is taken again at once and completes: its history shows the retry.
-            return await wait_for(app, job, "forbidden", "complete")
-
-    record = run(main())
-    assert status in [entry["status"] for entry in record["history"]]
-    if status == "forbidden":
-        assert record["response"] == {"error": "ForbidJob: not now"}
-
-
 def test_driver_lists_and_watches_every_client(store: RunningStore) -> None:
     async def main() -> None:
         async with client(store, "a") as a, client(store, "b") as b, driver(store) as drv:
@@ -206,5 +95,95 @@ def test_a_driver_whose_lease_ran_out_cannot_finish_the_job_another_driver_holds
                 assert refused.value.body["status"] == "accepted"
                 assert refused.value.body["attempts"] == 2
             assert (await current.complete(job, "current"))["response"] == "current"
+
+    run(main())
+
+
+def test_page_returns_one_page_and_where_the_next_starts(store: RunningStore) -> None:
+    async def main() -> None:
+        async with client(store) as app:
+            seqs = [(await app.submit(i, job=f"j{i}"))["seq"] for i in range(3)]
+            first, after = await app.page(limit=2)
+            rest, end = await app.page(since=after or 0, limit=2)
+        assert [r["job"] for r in first] == ["j0", "j1"] and after == seqs[1]
+        assert [r["job"] for r in rest] == ["j2"] and end is None
+
+    run(main())
+
+
+def test_calls_to_a_store_that_never_answers_time_out_even_with_a_full_queue(
+    tmp_path: Path,
+) -> None:
+    # A bound DEALER that never reads, and a client whose queue to it holds one message:
+    # the second send would block for ever without a bound.
+    ctx = Context.instance()
+    silent = ctx.socket(zmq.DEALER)
+    silent.linger = 0
+    silent.rcvhwm = 1
+    silent.bind(f"ipc://{tmp_path}/silent")
+    ctx.sndhwm = 1  # the default for sockets made from now on
+
+    async def main() -> None:
+        try:
+            app = JobClient(f"ipc://{tmp_path}/silent", "ds", "c", timeout=0.05)
+        finally:
+            del ctx.sockopts[zmq.SNDHWM]
+        async with app:
+            for _ in range(5):
+                with pytest.raises(Timeout):
+                    await app.submit("x" * 100_000)
+
+    try:
+        run(main())
+    finally:
+        silent.close()
+
+
+def test_a_second_cancel_cancels_a_job_handed_back_after_a_cancel_request(
+    store: RunningStore,
+) -> None:
+    async def main() -> None:
+        async with client(store) as app, driver(store) as drv:
+            job = (await app.submit("x"))["job"]
+            await drv.take()
+            asked = await app.cancel(job)
+            assert asked["status"] == "accepted" and asked["cancel_requested"] is True
+            assert (await drv.retry(job))["status"] == "retrying"
+            assert (await app.cancel(job))["status"] == "cancelled"
+            assert await drv.take() == []
+
+    run(main())
+
+
+def test_driver_registers_its_datasource_in_the_catalogue(store: RunningStore) -> None:
+    async def main() -> None:
+        async with driver(store) as drv:
+            await drv.register("Sensor jobs")
+            catalogue = await drv.conn.call("GET", "/cat")
+        assert [item["href"] for item in catalogue["items"]] == [f"{store.endpoint}/ds"]
+
+    run(main())
+
+
+def test_a_curve_client_with_a_token_runs_a_job_end_to_end(start_store: StoreFactory) -> None:
+    secured = start_store(secret_key=SECRET_KEY, auth=Authoriser(TOKEN_SECRET, IDENTITY))
+    kw: dict[str, Any] = {"server_key": PUBLIC_KEY, "notify_endpoint": secured.notify_endpoint}
+
+    def driver_token(method: str, path: str) -> str:
+        return token(f"method = {method}", f"path = {path}")
+
+    async def main() -> None:
+        async with (
+            JobClient(secured.endpoint, "ds", "app1", app_token(), **kw) as app,
+            Driver(secured.endpoint, "ds", driver_token, **kw) as drv,
+            app.watch(timeout=10) as watch,
+        ):
+            job = (await app.submit({"q": 1}))["job"]
+            assert (await anext(watch))["status"] == "submitted"
+            [taken] = await drv.take()
+            assert (await anext(watch))["status"] == "accepted"
+            await drv.complete(taken["job"], {"a": 2})
+            assert (await anext(watch))["response"] == {"a": 2}
+            assert (await app.status(job))["status"] == "complete"
 
     run(main())

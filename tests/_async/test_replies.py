@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from jobstore.aio import Driver, JobClient
 from jobstore.errors import (
     ClientError,
     Conflict,
@@ -18,14 +17,7 @@ from jobstore.errors import (
 
 from ..conftest import RunningStore
 from .flavour import run
-
-
-def client(store: RunningStore, name: str = "app1") -> JobClient:
-    return JobClient(store.endpoint, "ds", name, notify_endpoint=store.notify_endpoint)
-
-
-def driver(store: RunningStore) -> Driver:
-    return Driver(store.endpoint, "ds", notify_endpoint=store.notify_endpoint)
+from .helpers import client, driver
 
 
 def test_a_missing_job_raises_not_found_with_the_stores_message(store: RunningStore) -> None:

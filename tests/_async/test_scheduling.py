@@ -5,21 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from jobstore.aio import Driver, JobClient
 from jobstore.errors import BadRequest, Conflict
 
 from ..conftest import RunningStore
 from .flavour import run
+from .helpers import client, driver
 
 HOUR = 3_600_000
-
-
-def client(store: RunningStore, name: str = "app1") -> JobClient:
-    return JobClient(store.endpoint, "ds", name, notify_endpoint=store.notify_endpoint)
-
-
-def driver(store: RunningStore) -> Driver:
-    return Driver(store.endpoint, "ds", notify_endpoint=store.notify_endpoint)
 
 
 def test_submit_options_order_the_takes_and_hold_jobs_back(store: RunningStore) -> None:

@@ -38,25 +38,28 @@ from ..store.server import (
     describe,
 )
 from ..store.storage import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE, Storage
-from .options import endpoint, env_flag, env_setting
+from .options import command, endpoint, env_flag, env_setting
 
 log = logging.getLogger("jobstore")
 
 
 def add_cli(sub: Any) -> None:
     """Add keygen, mint, check and backup to the ``jobstore`` parser's subcommands."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "keygen",
+        cmd_keygen,
         help="write a CURVE key pair",
         description="Write a CURVE secret key to OUT (mode 0600) and its public key to OUT.pub; "
         "print the public key. Serve with --secret-key-file OUT; give clients the public key.",
         epilog="example: jobstore keygen --out ./store.key",
     )
     p.add_argument("--out", required=True, help="secret key file to create (must not exist)")
-    p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "mint",
+        cmd_mint,
         help="mint a development macaroon",
         description="Mint a token the way the arbiter does, for development and tests.",
         epilog="example: jobstore mint --token-key-file ./token.key --target jobstore "
@@ -68,10 +71,11 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--method", required=True, help="GET, POST or DELETE (or *)")
     p.add_argument("--client", help="add a client caveat")
     p.add_argument("--observe", action="store_true", help="add observe = data (observe, subscribe)")
-    p.set_defaults(func=cmd_mint)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "check",
+        cmd_check,
         help="verify a data directory",
         description="Check offline (or beside a running store) that every index entry points at a "
         "record that agrees with it, every record is indexed once, seq values are unique and below "
@@ -79,22 +83,24 @@ def add_cli(sub: Any) -> None:
         epilog="example: jobstore check ./var",
     )
     p.add_argument("data_dir", help="the store's data directory")
-    p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "backup",
+        cmd_backup,
         help="copy a data directory consistently, even while it is served",
         epilog="example: jobstore backup ./var ./backup-2026-11-28",
     )
     p.add_argument("data_dir", help="the store's data directory")
     p.add_argument("destination", help="a new directory for the copy")
-    p.set_defaults(func=cmd_backup)
 
 
 def add_serve(sub: Any) -> None:
     """Add ``serve`` to the ``jobstore`` parser's subcommands."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "serve",
+        cmd_serve,
         help="run a store",
         description="Run a job store. Every flag can also be set as JOBSTORE_<FLAG> "
         "(e.g. JOBSTORE_DATA_DIR).",
@@ -174,7 +180,6 @@ def add_serve(sub: Any) -> None:
         "DATABOX_ARBITER_ENDPOINT, identity DATABOX_LOCAL_NAME, data in /database",
     )
     env_flag(p, "--secrets-dir", DEFAULT_SECRETS_DIR)
-    p.set_defaults(func=cmd_serve)
 
 
 def _read_key(path: str | None, what: str) -> bytes | None:
@@ -375,8 +380,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def add_fake_arbiter(subparsers: Any) -> None:
     """Add the ``fake-arbiter`` subcommand; :mod:`jobstore.devtools.fake_arbiter` is imported only
     when it runs, so the fake stays out of the store's import path."""
-    p = subparsers.add_parser(
+    p = command(
+        subparsers,
         "fake-arbiter",
+        _run_fake_arbiter,
         help="run a fake Databox arbiter (development only)",
         description="Serve the Databox arbiter's Zest routes from memory until SIGINT or SIGTERM.",
         epilog="example: jobstore fake-arbiter --store jobs=TOKEN1 --container app1=TOKEN2 "
@@ -393,7 +400,6 @@ def add_fake_arbiter(subparsers: Any) -> None:
         help="jobstore's extension: add a client caveat to tokens whose request names a client "
         "(the real arbiter never does)",
     )
-    p.set_defaults(func=_run_fake_arbiter)
 
 
 def _run_fake_arbiter(args: argparse.Namespace) -> int:

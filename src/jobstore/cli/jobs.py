@@ -15,6 +15,7 @@ from .options import (
     add_client_flags,
     add_timeout_flag,
     client_id,
+    command,
     endpoint,
     env_flag,
     key_flag,
@@ -171,8 +172,10 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def add_app_commands(sub: Any) -> None:
     """Add ``submit``, ``status``, ``cancel`` and ``jobs`` to the ``jobstore`` parser's subcommands."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "submit",
+        cmd_submit,
         help="submit a job",
         epilog='example: jobstore submit sensor-jobs \'{"read": "temperature"}\' --client app1',
     )
@@ -180,27 +183,30 @@ def add_app_commands(sub: Any) -> None:
     p.add_argument("request", nargs="?", help="the job's request: JSON, or plain text")
     p.add_argument("--job", help="job id (default: a fresh GUID)")
     queue.add_submit_options(p)
-    p.set_defaults(func=cmd_submit)
 
     for name, func, text in (
         ("status", cmd_status, "show a job"),
         ("cancel", cmd_cancel, "cancel a job"),
     ):
-        p = sub.add_parser(
-            name, help=text, epilog=f"example: jobstore {name} sensor-jobs JOB_ID --client app1"
+        p = command(
+            sub,
+            name,
+            func,
+            help=text,
+            epilog=f"example: jobstore {name} sensor-jobs JOB_ID --client app1",
         )
         add_client_flags(p, True)
         p.add_argument("job", help="job id")
-        p.set_defaults(func=func)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "jobs",
+        cmd_jobs,
         help="list a client's jobs",
         epilog="example: jobstore jobs sensor-jobs --client app1",
     )
     add_client_flags(p, True)
     p.add_argument("--since", type=int, default=0, help="only jobs changed after this seq")
-    p.set_defaults(func=cmd_jobs)
 
 
 def add_queue_commands(sub: Any) -> None:
@@ -210,8 +216,10 @@ def add_queue_commands(sub: Any) -> None:
 
 def add_health(sub: Any) -> None:
     """Add ``health`` to the ``jobstore`` parser's subcommands."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "health",
+        cmd_health,
         help="exit 0 if the store answers (the Docker image's HEALTHCHECK)",
         description="Ask the store for GET /stats through its request socket. Exit 0 when it "
         "answers with the statistics, or, without --token, with 401 (a store that checks "
@@ -239,4 +247,3 @@ def add_health(sub: Any) -> None:
     )
     env_flag(p, "--token", help="a token for GET /stats")
     add_timeout_flag(p, "the reply")
-    p.set_defaults(func=cmd_health)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,6 +49,15 @@ def env_flag(
     if kwargs.get("type") is int:
         value = int(value)
     p.add_argument(flag, default=value, **kwargs)
+
+
+def command(
+    sub: Any, name: str, run: Callable[[argparse.Namespace], int], **parser: Any
+) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` (``parser``: its help, description, epilog…), run by ``run``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **parser)
+    p.set_defaults(func=run)
+    return p
 
 
 def log_level(text: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TextIO
 
 from ..client import Driver, JobClient, Record, notify_endpoint_for
 from ..errors import ClientError, ConfigError, RequestFailed, Timeout
-from .options import add_arbiter_flags, env_flag, token
+from .options import add_arbiter_flags, command, env_flag, token
 from .watchstate import WatchState
 from .watchview import JsonView, LiveView, Output, PlainView, View, choose_output
 
@@ -265,8 +265,10 @@ def _positive(text: str) -> float:
 
 def add_cli(subparsers: Any) -> None:
     """Add the ``watch`` subcommand to an argparse subparsers object."""
-    p = subparsers.add_parser(
+    p = command(
+        subparsers,
         "watch",
+        cmd_watch,
         help="a live view of a datasource's jobs",
         description="Follow a datasource through its subscription and show the jobs in each "
         "status, changes and finished jobs per second, the latest changes, and a progress bar "
@@ -309,7 +311,6 @@ def add_cli(subparsers: Any) -> None:
     )
     p.add_argument("--seconds", type=_positive, help="stop after this many seconds")
     add_arbiter_flags(p)
-    p.set_defaults(func=cmd_watch)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..client import Driver, JobContext, SetupError
 from ..errors import ConfigError
-from .options import EXIT_INTERRUPTED, EXIT_USAGE, add_client_flags
+from .options import EXIT_INTERRUPTED, EXIT_USAGE, add_client_flags, command
 from .options import token as _token
 
 log = logging.getLogger("jobstore")
@@ -120,8 +120,10 @@ def _callable(spec: str) -> Callable[[JobContext], Any]:
 
 def add_work(sub: Any) -> None:
     """Add ``work`` to the ``jobstore`` parser's subcommands."""
-    p = sub.add_parser(
+    p = command(
+        sub,
         "work",
+        cmd_work,
         help="run a driver that executes jobs",
         epilog="examples: jobstore work sensor-jobs --exec 'python3 -c \"import sys; print(sys.stdin.read())\"'\n"
         "          jobstore work sensor-jobs --call mypackage.jobs:handle",
@@ -143,4 +145,3 @@ def add_work(sub: Any) -> None:
         metavar="DESCRIPTION",
         help="first add the datasource to the store's hypercat catalogue",
     )
-    p.set_defaults(func=cmd_work)

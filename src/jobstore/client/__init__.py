@@ -11,9 +11,10 @@ The package, by concept:
 - ``requests``: the requests of both APIs, built once; ``ids``: client ids;
   ``outcomes``: what a handler sees (:class:`JobContext`) and what its end reports;
   ``decisions``: a watch's, lease renewals' and an outage's decisions, pure and
-  clock-injected; ``sockets``: socket security and the no-reply error.
-- ``_async/``: ``JobClient``, ``Driver`` and ``Watch`` written once, as asyncio code,
-  beside the asyncio glue (``connection``, ``concurrency``).
+  clock-injected; ``sockets``: what a connection does without waiting (settings, request
+  frames, reply answers), socket security and the no-reply error.
+- ``_async/``: ``JobClient``, ``Driver`` (the ``Session`` they share) and ``Watch`` written
+  once, as asyncio code, beside the asyncio glue (``connection``, ``concurrency``).
 - ``_sync/``: the same three generated from ``_async/`` by ``scripts/unasync.py``
   (``make lint`` fails when they are stale), beside the blocking glue, written by hand.
 """

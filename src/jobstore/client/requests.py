@@ -41,6 +41,11 @@ def token_for(token: Token, method: str, path: str) -> str | None:
     return token(method, path) if callable(token) else token
 
 
+def given(**fields: Any) -> dict[str, Any]:
+    """A request body of the fields that are not None: an option left out takes the store's default."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 class ClientRequests:
     """The requests of the client API (docs/protocol.md, "Client API") for one client of one datasource."""
 
@@ -59,9 +64,7 @@ class ClientRequests:
 
     def item(self, request: Any, job: str | None, options: dict[str, Any] | None = None) -> Record:
         """One job of a submit or a batch: a fresh GUID unless ``job`` is given."""
-        body = {"job": job or uuid.uuid4().hex, "request": request}
-        body.update((k, v) for k, v in (options or {}).items() if v is not None)
-        return body
+        return {"job": job or uuid.uuid4().hex, "request": request} | given(**(options or {}))
 
     def batch(self, items: list[Record]) -> Call:
         """Submit jobs (as :meth:`item` builds them) in one request and one commit."""
@@ -77,10 +80,7 @@ class ClientRequests:
 
     def page(self, since: int, limit: int | None) -> Call:
         """List the client's jobs changed after ``since``."""
-        body: dict[str, Any] = {"client": self.client, "since": since}
-        if limit is not None:
-            body["limit"] = limit
-        return "GET", f"/{self.dsid}/job/", body
+        return "GET", f"/{self.dsid}/job/", given(client=self.client, since=since, limit=limit)
 
     def subscription(self) -> Subscription:
         """Subscribe to the client's topic."""
@@ -116,40 +116,27 @@ class DriverRequests:
 
     def take(self, max: int, lease: int | None, wait: int) -> Call:
         """Take up to ``max`` queued jobs, waiting up to ``wait`` ms for one."""
-        body: dict[str, Any] = {"max": max, "wait": wait}
-        if lease is not None:
-            body["lease"] = lease
-        return "POST", f"{self.base}/take", body
+        return "POST", f"{self.base}/take", given(max=max, wait=wait, lease=lease)
 
     def accept(self, job: str, lease: int | None) -> Call:
         """Accept one named job."""
-        body: dict[str, Any] = {"job": job}
-        if lease is not None:
-            body["lease"] = lease
-        return "POST", f"{self.base}/accept", body
+        return "POST", f"{self.base}/accept", given(job=job, lease=lease)
 
     def report(self, job: str, status: str, fields: dict[str, Any]) -> Call:
         """Report a status, with the attempt this driver was handed; fields that are None are left
         out (an ``attempt`` field overrides the remembered one)."""
-        body: dict[str, Any] = {"job": job, "status": status}
-        attempt = self._attempts.get(job)
-        if attempt is not None:
-            body["attempt"] = attempt
-        body.update((k, v) for k, v in fields.items() if v is not None)
+        body = given(job=job, status=status, attempt=self._attempts.get(job)) | given(**fields)
         return "POST", f"{self.base}/status", body
 
     def requeue(self, job: str, delay: int | None) -> Call:
         """Send a failed job back to the queue, after ``delay`` ms when given."""
-        body: dict[str, Any] = {"job": job}
-        if delay is not None:
-            body["delay"] = delay
-        return "POST", f"{self.base}/requeue", body
+        return "POST", f"{self.base}/requeue", given(job=job, delay=delay)
 
     def settings(self, changes: dict[str, Any] | None = None) -> Call:
         """Read the datasource's queue settings, or change some (those None left out)."""
         if changes is None:
             return "GET", f"{self.base}/settings", None
-        return "POST", f"{self.base}/settings", {k: v for k, v in changes.items() if v is not None}
+        return "POST", f"{self.base}/settings", given(**changes)
 
     def page(self, since: int, filters: dict[str, Any]) -> Call:
         """List the datasource's jobs changed after ``since`` (filters: status, client, limit)."""

@@ -1,12 +1,18 @@
-"""What both flavours' sockets share: their security settings, and the error for no reply."""
+"""What both flavours' sockets share: a connection's settings, request frames and reply
+answers, socket security, and the error for no reply."""
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from typing import Any, Generic, TypeVar
 
 import zmq
 
-from ..errors import Timeout
+from ..errors import Timeout, request_failed
+from ..protocol import Reply, cbor
+from .requests import Token, token_for
+
+SocketT = TypeVar("SocketT", bound="zmq.Socket[Any]")
 
 
 def secure(sock: zmq.Socket[Any], server_key: bytes | None) -> None:
@@ -25,3 +31,54 @@ def no_reply(method: str, path: str, endpoint: str, limit: float) -> Timeout:
         f"no reply to {method} {path} from {endpoint} within {limit:g} s: "
         "is the store running there (and is the server key right)?"
     )
+
+
+class BaseConnection(Generic[SocketT]):
+    """One DEALER socket to the store's request endpoint: the part of each flavour's
+    ``Connection`` that does not wait, written once."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: Token = None,
+        server_key: bytes | str | None = None,
+        timeout: float = 5.0,
+        context: zmq.Context[SocketT] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.token = token
+        self.server_key = server_key.encode() if isinstance(server_key, str) else server_key
+        self.timeout = timeout
+        self.context = context or self.default_context()
+        self._ids = itertools.count(1)
+        self.socket = self.new_dealer()
+
+    def default_context(self) -> zmq.Context[SocketT]:
+        """The flavour's shared context, for a connection not given one."""
+        raise NotImplementedError
+
+    def new_socket(self, kind: int) -> SocketT:
+        """A socket with this connection's security settings (CURVE when a server key is set)."""
+        sock = self.context.socket(kind)
+        secure(sock, self.server_key)
+        return sock
+
+    def new_dealer(self) -> SocketT:
+        """A fresh DEALER socket, connected to the store's request endpoint."""
+        sock = self.new_socket(zmq.DEALER)
+        sock.connect(self.endpoint)
+        return sock
+
+    def request(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
+        """A new request id and the request's frame, with the token for its method and path."""
+        rid = next(self._ids)
+        token = token_for(self.token, method, path)
+        return rid, cbor.encode_request(method, path, body, token=token, id=rid)
+
+
+def reply_body(reply: Reply) -> Any:
+    """A reply's body; RequestFailed of the status's class for an error status."""
+    if reply.status >= 400:
+        raise request_failed(reply.status, reply.error or "(no error text)", reply.body)
+    return reply.body

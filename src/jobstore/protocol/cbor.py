@@ -37,16 +37,22 @@ def is_native(frame: bytes) -> bool:
     return bool(frame) and 0xA0 <= frame[0] <= 0xBF
 
 
+def decode_one(data: bytes, invalid: str) -> tuple[Any, int]:
+    """The first CBOR item in ``data`` and how many bytes follow it (the caller says whether
+    any may); ProtocolError starting with ``invalid`` when there is no valid item."""
+    stream = io.BytesIO(data)
+    try:
+        value = cbor2.CBORDecoder(stream).decode()
+    except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
+        raise ProtocolError(f"{invalid}: {exc}") from None
+    return value, len(data) - stream.tell()
+
+
 def decode_request(frame: bytes) -> Request:
     """Decode one request frame, or raise ProtocolError saying what is wrong with it."""
-    stream = io.BytesIO(frame)
-    try:
-        msg = cbor2.CBORDecoder(stream).decode()
-    except Exception as exc:  # cbor2 raises several types for garbage; all mean the same here
-        raise ProtocolError(f"request frame is not valid CBOR: {exc}") from None
+    msg, extra = decode_one(frame, "request frame is not valid CBOR")
     if not isinstance(msg, dict):
         raise ProtocolError(f"request frame must be a CBOR map, got {type(msg).__name__}")
-    extra = len(frame) - stream.tell()
     if extra:
         raise ProtocolError(
             f"request frame has {extra} bytes after its CBOR map; send exactly one map per frame"

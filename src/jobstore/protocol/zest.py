@@ -31,7 +31,6 @@ Where neither zestdb nor docs/protocol.md decides, this codec chooses:
 from __future__ import annotations
 
 import base64
-import io
 import json
 import struct
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from typing import Any
 import cbor2
 
 from ..errors import ProtocolError
-from . import Reply, Request
+from . import Reply, Request, cbor
 
 # Request codes.
 GET = 1
@@ -350,12 +349,7 @@ def _decode_body(payload: bytes, fmt: int) -> Any:
 
 
 def _decode_cbor(payload: bytes) -> Any:
-    stream = io.BytesIO(payload)
-    try:
-        value = cbor2.CBORDecoder(stream).decode()
-    except Exception as exc:  # cbor2 raises many types for garbage; all mean the same here
-        raise ProtocolError(f"Zest payload is not valid CBOR (content_format 60): {exc}") from None
-    extra = len(payload) - stream.tell()
+    value, extra = cbor.decode_one(payload, "Zest payload is not valid CBOR (content_format 60)")
     if extra:
         raise ProtocolError(
             f"Zest CBOR payload has {extra} bytes after its first item; send exactly one item"

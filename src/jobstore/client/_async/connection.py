@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
+import functools
 import logging
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from ...errors import ClientError, ProtocolError, request_failed
+from ...errors import ClientError, ProtocolError
 from ...protocol import Reply, cbor
-from ..requests import Token, token_for
-from ..sockets import no_reply, secure
+from ..sockets import BaseConnection, no_reply, reply_body
 
 log = logging.getLogger("jobstore.aio")
 
@@ -21,39 +20,24 @@ Socket = zmq.asyncio.Socket
 Poller = zmq.asyncio.Poller
 
 
-class Connection:
+class Connection(BaseConnection[Socket]):
     """One DEALER socket to the store's request endpoint, shared by concurrent calls.
 
     Each call waits on a future of its own; one reader task receives every reply
     and resolves the future of the call with the reply's ``id``.
     """
 
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        token: Token = None,
-        server_key: bytes | str | None = None,
-        timeout: float = 5.0,
-        context: zmq.asyncio.Context | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.token = token
-        self.server_key = server_key.encode() if isinstance(server_key, str) else server_key
-        self.timeout = timeout
-        self.context = context or zmq.asyncio.Context.instance()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
-        self._reader: asyncio.Task[None] | None = None
-        self._closed = False
-        self.socket = self.new_socket(zmq.DEALER)
-        self.socket.connect(endpoint)
+    _reader: asyncio.Task[None] | None = None
+    _closed = False
 
-    def new_socket(self, kind: int) -> Socket:
-        """A socket with this connection's security settings (CURVE when a server key is set)."""
-        sock = self.context.socket(kind)
-        secure(sock, self.server_key)
-        return sock
+    @functools.cached_property
+    def _pending(self) -> dict[int, asyncio.Future[Reply]]:
+        """The calls waiting for a reply, by request id."""
+        return {}
+
+    def default_context(self) -> zmq.asyncio.Context:
+        """The process's shared asyncio context."""
+        return zmq.asyncio.Context.instance()
 
     async def call(
         self, method: str, path: str, body: Any = None, *, timeout: float | None = None
@@ -61,10 +45,7 @@ class Connection:
         """Send one request and return the reply body; raise RequestFailed on an error status."""
         if self._closed:
             raise ClientError(f"the connection to {self.endpoint} is closed: make a new client")
-        rid = next(self._ids)
-        frame = cbor.encode_request(
-            method, path, body, token=token_for(self.token, method, path), id=rid
-        )
+        rid, frame = self.request(method, path, body)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Reply] = loop.create_future()
         self._pending[rid] = answer
@@ -79,9 +60,7 @@ class Connection:
             raise no_reply(method, path, self.endpoint, limit) from None
         finally:
             self._pending.pop(rid, None)
-        if reply.status >= 400:
-            raise request_failed(reply.status, reply.error or "(no error text)", reply.body)
-        return reply.body
+        return reply_body(reply)
 
     async def _read(self) -> None:
         try:
@@ -111,8 +90,7 @@ class Connection:
         Calls still waiting get no reply and time out."""
         await self._stop_reader()
         self.socket.close()
-        self.socket = self.new_socket(zmq.DEALER)
-        self.socket.connect(self.endpoint)
+        self.socket = self.new_dealer()
 
     async def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None

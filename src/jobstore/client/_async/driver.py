@@ -9,15 +9,15 @@ from typing import Any
 from ...errors import ClientError, Conflict, SetupError
 from ..decisions import Outage, Renewals, store_unavailable
 from ..outcomes import JobContext
-from ..requests import DriverRequests, Record, Token, notify_endpoint_for
+from ..requests import DriverRequests, Record, Token
 from .concurrency import INTERRUPTED, Event, Interrupted, Work, wait_for_stop
-from .connection import Connection
+from .session import Session
 from .watch import Watch
 
 log = logging.getLogger("jobstore.client")
 
 
-class Driver:
+class Driver(Session):
     """A server (driver) taking and running jobs of one datasource."""
 
     def __init__(
@@ -30,21 +30,9 @@ class Driver:
         notify_endpoint: str | None = None,
         timeout: float = 5.0,
     ) -> None:
-        self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
-        self.dsid = dsid
-        self.notify_endpoint = notify_endpoint
+        super().__init__(endpoint, dsid, token, server_key, notify_endpoint, timeout)
         self._requests = DriverRequests(dsid)
         self._outage = Outage()
-
-    async def __aenter__(self) -> Driver:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the connection (with asyncio, calls still waiting raise ClientError)."""
-        await self.conn.close()
 
     async def register(self, description: str, href: str | None = None) -> Record:
         """Add this job datasource to the store's hypercat catalogue (store type job, an actuator).
@@ -133,9 +121,7 @@ class Driver:
 
     def watch(self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None) -> Watch:
         """Every change in the datasource after ``since``, then live changes (see :class:`Watch`)."""
-        endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        subscribe = self._requests.subscription()
-        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
+        return self._watch(self._requests.subscription(), self.jobs, since, idle, timeout)
 
     async def run(
         self,

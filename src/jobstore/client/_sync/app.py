@@ -8,12 +8,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..ids import client_id
-from ..requests import ClientRequests, Record, Token, notify_endpoint_for
-from .connection import Connection
+from ..requests import ClientRequests, Record, Token
+from .session import Session
 from .watch import Watch
 
 
-class JobClient:
+class JobClient(Session):
     """An app's view of one job queue (datasource) as one client.
 
     Every call returns at once with the store's answer (or raises
@@ -35,20 +35,8 @@ class JobClient:
     ) -> None:
         # ``client_file`` keeps a generated secret id (see ids.load_or_create_client_id).
         self.client = client_id(client, client_file)
-        self.conn = Connection(endpoint, token=token, server_key=server_key, timeout=timeout)
-        self.dsid = dsid
-        self.notify_endpoint = notify_endpoint
+        super().__init__(endpoint, dsid, token, server_key, notify_endpoint, timeout)
         self._requests = ClientRequests(dsid, self.client)
-
-    def __enter__(self) -> JobClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection (with asyncio, calls still waiting raise ClientError)."""
-        self.conn.close()
 
     def submit(
         self,
@@ -113,6 +101,4 @@ class JobClient:
 
     def watch(self, since: int = 0, *, idle: float = 1.0, timeout: float | None = None) -> Watch:
         """Every change to this client's jobs after ``since``, then live changes (see :class:`Watch`)."""
-        endpoint = self.notify_endpoint or notify_endpoint_for(self.conn.endpoint)
-        subscribe = self._requests.subscription()
-        return Watch(self.conn, endpoint, subscribe, self.jobs, since, idle, timeout)
+        return self._watch(self._requests.subscription(), self.jobs, since, idle, timeout)
