@@ -1,4 +1,4 @@
-"""What a store operation is given: a :class:`Context` per request over the :class:`Shared` parts.
+"""What a store operation is given: a :class:`Context` per batch over the :class:`Shared` parts.
 
 An operation is a plain function ``(ctx, request, params) -> Outcome``. Through its
 context it reads and writes the batch's transaction, checks the request's token, and
@@ -99,7 +99,8 @@ class Shared:
 
 
 class Context:
-    """One request's view of the store: its transaction, the wall time and the shared parts."""
+    """An operation's view of the store: the batch's transaction (or the request's own, nested
+    in it), the wall time and the shared parts."""
 
     __slots__ = ("now", "shared", "txn")
 

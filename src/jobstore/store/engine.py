@@ -243,13 +243,14 @@ class Engine:
         shared.events.clear()
         with shared.storage.write() as txn:
             txn.set_clock(shared.clock.now)
+            ctx = Context(shared, txn, now)  # every request's, but in a nested transaction
             expired, fell_due = [], Counter[str]()
             if not self.misplaced:
                 expired = self._expire(txn, now)
                 for hook in self.hooks:
-                    expired += hook(Context(shared, txn, now))
+                    expired += hook(ctx)
                 fell_due = self._schedule(txn, now, expired)
-            outcomes = [self._one(txn, request, now, isolate) for request in requests]
+            outcomes = [self._one(ctx, request, isolate) for request in requests]
             # How many jobs each datasource gained in its queue: that many waiting takes may wake.
             queued = Counter(c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued)
             queued.update(c.job.dsid for c in expired if c.job.status.queued)
@@ -259,9 +260,9 @@ class Engine:
             for i, outcome in enumerate(outcomes):
                 # A take that came before a submit in this batch tries again at once.
                 if outcome.wait is not None and outcome.wait.dsid in queued:
-                    outcomes[i] = self._one(txn, requests[i], now, isolate)
+                    outcomes[i] = self._one(ctx, requests[i], isolate)
             if wake is not None and queued:
-                outcomes += [self._one(txn, request, now, isolate) for request in wake(queued)]
+                outcomes += [self._one(ctx, request, isolate) for request in wake(queued)]
             if not self.misplaced:
                 self._purge(txn, now)
             self.next_lease = txn.next_lease()
@@ -275,8 +276,8 @@ class Engine:
             for job in child.ended_before(now - limits.retention_ms, limits.purge_batch):
                 child.delete(job)
 
-    def _one(self, txn: Txn, request: Request, now: int, isolate: bool) -> Outcome:
-        events = self.shared.events
+    def _one(self, ctx: Context, request: Request, isolate: bool) -> Outcome:
+        txn, events = ctx.txn, self.shared.events
         mark, writes = len(events), txn.writes
         try:
             if self.misplaced is not None and request.method != "GET":
@@ -286,9 +287,9 @@ class Engine:
                 )
             operation, params = self._route(request)
             if not isolate:
-                return operation(Context(self.shared, txn, now), request, params)
+                return operation(ctx, request, params)
             with txn.nested() as child:
-                return operation(Context(self.shared, child, now), request, params)
+                return operation(Context(self.shared, child, ctx.now), request, params)
         except Exception as exc:
             if isinstance(exc, MapFull) and not self.shared.storage.at_ceiling():
                 raise  # the batch runs again in a larger map

@@ -9,10 +9,6 @@ No sockets here: the socket adapter (:mod:`jobstore.store.server`) drives a Serv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-
-from ..protocol import Request
-from ..protocol.sealed import Change, Sealer
 from .auth import Authoriser
 from .context import Limits
 from .engine import Engine, Outcome
@@ -24,70 +20,36 @@ __all__ = ["Limits", "Outcome", "Service"]
 
 
 class Service:
-    """The job store over ``storage``: handles requests, one commit per batch."""
+    """The job store over ``storage``: handles requests, one commit per batch.
+
+    ``handle``, ``handle_batch``, ``lease_due_in``, ``timer_due_in`` and ``watch_data_dir``
+    are its :class:`~jobstore.store.engine.Engine`'s (bound once: the socket adapter calls
+    them for every batch). ``storage``, ``limits``, ``sealer`` (what seals the notifications),
+    ``functions`` (the function-call state the adapter shares with the operations) and
+    ``transport`` (the adapter's counters, shown in /stats) are the parts every operation
+    shares.
+    """
 
     def __init__(
         self, storage: Storage, auth: Authoriser | None = None, limits: Limits | None = None
     ) -> None:
         functions = FunctionCalls.load(storage)
-        self.engine = Engine(
+        self.engine = engine = Engine(
             storage, route, functions, auth=auth, limits=limits, hooks=(commit_pending,)
         )
-        self.shared = self.engine.shared
-
-    @property
-    def storage(self) -> Storage:
-        """The store's data."""
-        return self.shared.storage
-
-    @property
-    def limits(self) -> Limits:
-        """The store's tunable limits."""
-        return self.shared.limits
-
-    @property
-    def sealer(self) -> Sealer:
-        """What seals the notifications this store publishes."""
-        return self.shared.sealer
-
-    @property
-    def functions(self) -> FunctionCalls:
-        """The function-call state the socket adapter and the operations share."""
-        return self.shared.functions
-
-    @property
-    def transport(self) -> dict[str, int]:
-        """Counters the socket adapter keeps, shown in /stats."""
-        return self.shared.transport
+        self.shared = shared = engine.shared
+        self.storage = storage
+        self.limits = shared.limits
+        self.sealer = shared.sealer
+        self.functions = functions
+        self.transport = shared.transport
+        self.handle = engine.handle
+        self.handle_batch = engine.handle_batch
+        self.lease_due_in = engine.lease_due_in
+        self.timer_due_in = engine.timer_due_in
+        self.watch_data_dir = engine.watch_data_dir
 
     @property
     def handled(self) -> int:
         """How many requests the store has handled since it started."""
         return self.shared.handled
-
-    def handle(self, request: Request, now: int, mono: int | None = None) -> Outcome:
-        """Handle one request in its own transaction (:meth:`Engine.handle`)."""
-        return self.engine.handle(request, now, mono)
-
-    def handle_batch(
-        self,
-        requests: Sequence[Request],
-        now: int,
-        wake: Callable[[Mapping[str, int]], Sequence[Request]] | None = None,
-        mono: int | None = None,
-    ) -> tuple[list[Change], list[Outcome]]:
-        """Handle ``requests`` (and the waiting takes ``wake`` returns) in one commit
-        (:meth:`Engine.handle_batch`)."""
-        return self.engine.handle_batch(requests, now, wake, mono)
-
-    def lease_due_in(self, mono: int) -> int | None:
-        """Ms until the earliest lease runs out (:meth:`Engine.lease_due_in`)."""
-        return self.engine.lease_due_in(mono)
-
-    def timer_due_in(self, now: int) -> int | None:
-        """Ms until a delayed job falls due or a queued one expires (:meth:`Engine.timer_due_in`)."""
-        return self.engine.timer_due_in(now)
-
-    def watch_data_dir(self, now: int) -> None:
-        """Check the data directory is still the one opened (:meth:`Engine.watch_data_dir`)."""
-        self.engine.watch_data_dir(now)
