@@ -8,7 +8,7 @@ parameters) and the store's own work to commit with every batch as hooks; it run
 each operation with a :class:`~jobstore.store.context.Context`, and itself expires
 leases, fails expired jobs and purges old ones.
 
-A failing request must leave nothing half-applied. The handlers check
+A failing request must leave nothing half-applied. The operations check
 everything before they write, so a request that fails has almost always written
 nothing, and the batch runs each request straight in the batch's transaction. If
 one fails after writing (a full map, or a bug), the batch is abandoned and run
