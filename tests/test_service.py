@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from jobstore.protocol import Request
-from jobstore.store import operations as service_module
+from jobstore.store import routes
+from jobstore.store.context import Context
 from jobstore.store.operations import Limits, Outcome, Service
 from jobstore.store.storage import Storage
 
@@ -418,11 +419,11 @@ def test_a_failing_request_in_a_batch_leaves_the_others_applied(h: Harness) -> N
 
 def _break_after_writing(monkeypatch: pytest.MonkeyPatch, shape: tuple[str, ...]) -> None:
     """Make the POST handler of a route raise after its writes, as a bug or a full map would."""
-    [methods] = [m for route, m in service_module.ROUTES if route == shape]
+    [methods] = [m for route, m in routes.ROUTES if route == shape]
     handler = methods["POST"]
 
-    def broken(self: Service, *args: Any) -> Outcome:
-        handler(self, *args)
+    def broken(ctx: Context, *args: Any) -> Outcome:
+        handler(ctx, *args)
         raise RuntimeError("a bug after writing")
 
     monkeypatch.setitem(methods, "POST", broken)

@@ -41,7 +41,7 @@ class Job(NamedTuple):
     """One job record. ``dsid``, ``lease_until`` and ``lease_ms`` are the store's own; the wire
     shows the rest.
 
-    ``lease_until`` is a deadline on the store clock (:class:`jobstore.store.engine.StoreClock`, not the
+    ``lease_until`` is a deadline on the store clock (:class:`jobstore.store.context.StoreClock`, not the
     wall clock; 0 when the job holds no lease) and ``lease_ms`` the lease the job was taken or
     accepted with (0: the store's default), by which a report without ``lease`` renews it.
 

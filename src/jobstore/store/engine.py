@@ -3,10 +3,12 @@
 :meth:`Engine.handle_batch` runs a batch of requests in one LMDB write
 transaction (one fsync for the lot). It returns, per request, the reply and the
 committed changes to publish; the socket adapter sends and publishes them. The
-engine also owns what every operation shares: routing, authorisation, storing
-a changed record, transitions and lease expiry.
+engine is given its operations as a route function (request -> operation and path
+parameters) and the store's own work to commit with every batch as hooks; it runs
+each operation with a :class:`~jobstore.store.context.Context`, and itself expires
+leases, fails expired jobs and purges old ones.
 
-A failing request must leave nothing half-applied. The handlers check
+A failing request must leave nothing half-applied. The operations check
 everything before they write, so a request that fails has almost always written
 nothing, and the batch runs each request straight in the batch's transaction. If
 one fails after writing (a full map, or a bug), the batch is abandoned and run
@@ -25,41 +27,40 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cbor2
-
-from ..errors import (
-    Forbidden,
-    InvalidTransition,
-    JobstoreError,
-    NotFound,
-    Unavailable,
-)
+from ..errors import JobstoreError, Unavailable
 from ..protocol import Reply, Request
-from ..protocol.sealed import Change, Sealer, client_topic, server_topic
-from ..records import Job
-from ..states import Event, Status, apply
-from .activity import Activity
+from ..protocol.sealed import Change, Sealer
+from ..states import Event
+from .context import Context, Limits, Shared, StoreClock, mono_ms
 from .scheduling import EXPIRED_RESPONSE, JITTER, retry_not_before
 from .storage import MapFull, Storage, StorageError, Txn
 
 if TYPE_CHECKING:
     from .auth import Authoriser
-    from .function_ops import Effect
+    from .function_ops import Effect, FunctionCalls
+
+__all__ = [
+    "Engine",
+    "Hook",
+    "Limits",
+    "Observe",
+    "Operation",
+    "Outcome",
+    "Route",
+    "StoreClock",
+    "Wait",
+    "changed_reply",
+    "error_reply",
+    "mono_ms",
+    "ok_reply",
+]
 
 log = logging.getLogger(__name__)
-
-# What /server/<DSID>/stats counts of each event; reports that end a job count as finished.
-EVENT_KINDS = {
-    Event.TAKE: "taken",
-    Event.LEASE_EXPIRED: "lease_expired",
-    Event.LEASE_EXHAUSTED: "lease_expired",
-}
 
 
 class _Isolate(Exception):
@@ -102,80 +103,39 @@ class Outcome:
     ready: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Tunable behaviour; defaults as documented in docs/protocol.md."""
-
-    lease_ms: int = 30_000
-    max_attempts: int = 5
-    max_take: int = 100
-    max_wait_ms: int = 300_000
-    page_size: int = 100
-    max_page_size: int = 1000
-    max_active_per_client: int = 100_000
-    max_active_per_datasource: int = 1_000_000
-    retention_ms: int = 7 * 24 * 3600 * 1000
-    purge_batch: int = 100
-    history_length: int = 20
-    full_at: float = 0.95  # refuse submits once the map ceiling is this full
-
-
-def mono_ms() -> int:
-    """A monotonic clock reading in ms (any origin): what the store clock advances with."""
-    return time.monotonic_ns() // 1_000_000
-
-
-class StoreClock:
-    """The clock leases are measured on: ms that advance with a monotonic clock, never the wall's.
-
-    A wall-clock step (NTP setting the time on a box with no RTC) must neither expire
-    a healthy lease nor keep a dead driver's. The reading is persisted with every
-    batch, and a restarted store resumes from the last one committed: the time the
-    store was down does not count, since no driver could renew a lease meanwhile;
-    each lease keeps what it had left.
-    """
-
-    def __init__(self, start: int) -> None:
-        self._start = start
-        self._origin: int | None = None  # the first monotonic reading, taken as ``start``
-        self.now = start
-
-    def read(self, mono: int) -> int:
-        """The store time at monotonic reading ``mono`` (ms); it never goes back."""
-        if self._origin is None:
-            self._origin = mono
-        self.now = max(self.now, self._start + mono - self._origin)
-        return self.now
-
-
-# An operation: a method of the service (so ``Any`` for self), given the transaction, the
-# request, the time and the path's parameters.
-Handler = Callable[[Any, Txn, Request, int, list[str]], Outcome]
+# An operation: given its context, the request and the path's parameters, what the request led to.
+Operation = Callable[[Context, Request, list[str]], Outcome]
+Route = tuple[Operation, list[str]]
+# Work of the store's own to commit with every batch (a function call's delivery); its changes.
+Hook = Callable[[Context], list[Change]]
 
 
 class Engine:
-    """Runs batches of requests over a :class:`Storage`; the operations are the subclass's."""
+    """Runs batches of requests over a :class:`Storage`, with the operations ``route`` finds."""
 
     def __init__(
-        self, storage: Storage, auth: Authoriser | None = None, limits: Limits | None = None
+        self,
+        storage: Storage,
+        route: Callable[[Request], Route],
+        functions: FunctionCalls,
+        *,
+        auth: Authoriser | None = None,
+        limits: Limits | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> None:
-        self.storage = storage
-        self.auth = auth
-        self.limits = limits or Limits()
-        self.sealer = Sealer(storage.secret)
-        self._full = False
+        self.route = route
+        self.hooks = tuple(hooks)
         self.misplaced: str | None = None  # why writes are refused: the data directory went away
         self._watch_at = 0
-        self.activity = Activity()
-        self._events: list[tuple[str, str]] = []  # (dsid, kind) of this batch, recorded on commit
-        self.handled = 0
-        self.transport: dict[str, int] = {}  # counters the socket adapter keeps, shown in /stats
         # (method, path) -> route: a hot path is matched and its names checked once, not per request.
-        self._routes: dict[tuple[str, str], tuple[Handler, list[str]]] = {}
+        self._routes: dict[tuple[str, str], Route] = {}
         with storage.read() as txn:
             self.next_lease = txn.next_lease()
             self.next_timer = _next_timer(txn)
-            self.clock = StoreClock(txn.clock())
+            clock = StoreClock(txn.clock())
+        self.shared = Shared(
+            storage, auth, limits or Limits(), clock, functions, Sealer(storage.secret)
+        )
 
     def handle(self, request: Request, now: int, mono: int | None = None) -> Outcome:
         """Handle one request in its own transaction."""
@@ -188,7 +148,7 @@ class Engine:
         None when no job holds a lease."""
         if self.next_lease is None:
             return None
-        return self.next_lease - self.clock.read(mono)
+        return self.next_lease - self.shared.clock.read(mono)
 
     def timer_due_in(self, now: int) -> int | None:
         """Ms from wall time ``now`` until a delayed job falls due or a queued job expires (<= 0:
@@ -215,16 +175,18 @@ class Engine:
         the changes made by lease expiry and one outcome per request, then one per
         woken request.
         """
+        shared = self.shared
+        storage = shared.storage
         self.watch_data_dir(now)
-        self.clock.read(mono_ms() if mono is None else mono)
-        self._full = self.storage.grow() >= self.limits.full_at
+        shared.clock.read(mono_ms() if mono is None else mono)
+        shared.full = storage.grow() >= shared.limits.full_at
         handled = list(requests)
-        self.handled += len(requests)
+        shared.handled += len(requests)
 
         def wake_once(queued: Mapping[str, int]) -> Sequence[Request]:
             woken = wake(queued) if wake is not None else []
             handled.extend(woken)
-            self.handled += len(woken)
+            shared.handled += len(woken)
             return woken
 
         batch: Sequence[Request] = requests
@@ -238,12 +200,12 @@ class Engine:
                     isolate = True
                 except MapFull:
                     # Full in a request or at the commit: retry in a larger map, if there is one.
-                    if not self.storage.enlarge():
+                    if not storage.enlarge():
                         raise
-                    log.info("data file full: map grown to %d bytes", self.storage.map_size())
+                    log.info("data file full: map grown to %d bytes", storage.map_size())
                 # The takes woken already run again too, after the batch's own requests.
                 batch = list(handled)
-            self.activity.record(self._events, now)
+            shared.activity.record(shared.events, now)
         except JobstoreError as exc:
             if isinstance(exc, StorageError):
                 log.exception("commit failed")
@@ -256,7 +218,8 @@ class Engine:
         if now < self._watch_at:
             return
         self._watch_at = now + WATCH_MS
-        problem = self.storage.misplaced()
+        storage = self.shared.storage
+        problem = storage.misplaced()
         if problem != self.misplaced:
             if problem is not None:
                 log.error(
@@ -265,7 +228,7 @@ class Engine:
                     problem,
                 )
             else:
-                log.warning("the data directory %s is back: accepting writes", self.storage.path)
+                log.warning("the data directory %s is back: accepting writes", storage.path)
         self.misplaced = problem
 
     def _batch(
@@ -276,14 +239,18 @@ class Engine:
         *,
         isolate: bool,
     ) -> tuple[list[Change], list[Outcome]]:
-        self._events.clear()
-        with self.storage.write() as txn:
-            txn.set_clock(self.clock.now)
+        shared = self.shared
+        shared.events.clear()
+        with shared.storage.write() as txn:
+            txn.set_clock(shared.clock.now)
+            ctx = Context(shared, txn, now)  # every request's, but in a nested transaction
             expired, fell_due = [], Counter[str]()
             if not self.misplaced:
-                expired = self._expire(txn, now) + self._internal(txn, now)
+                expired = self._expire(txn, now)
+                for hook in self.hooks:
+                    expired += hook(ctx)
                 fell_due = self._schedule(txn, now, expired)
-            outcomes = [self._one(txn, request, now, isolate) for request in requests]
+            outcomes = [self._one(ctx, request, isolate) for request in requests]
             # How many jobs each datasource gained in its queue: that many waiting takes may wake.
             queued = Counter(c.job.dsid for o in outcomes for c in o.changes if c.job.status.queued)
             queued.update(c.job.dsid for c in expired if c.job.status.queued)
@@ -293,9 +260,9 @@ class Engine:
             for i, outcome in enumerate(outcomes):
                 # A take that came before a submit in this batch tries again at once.
                 if outcome.wait is not None and outcome.wait.dsid in queued:
-                    outcomes[i] = self._one(txn, requests[i], now, isolate)
+                    outcomes[i] = self._one(ctx, requests[i], isolate)
             if wake is not None and queued:
-                outcomes += [self._one(txn, request, now, isolate) for request in wake(queued)]
+                outcomes += [self._one(ctx, request, isolate) for request in wake(queued)]
             if not self.misplaced:
                 self._purge(txn, now)
             self.next_lease = txn.next_lease()
@@ -304,33 +271,35 @@ class Engine:
 
     def _purge(self, txn: Txn, now: int) -> None:
         """Drop a small batch of terminal jobs past retention, so no batch is held up for long."""
+        limits = self.shared.limits
         with txn.nested() as child:
-            for job in child.ended_before(now - self.limits.retention_ms, self.limits.purge_batch):
+            for job in child.ended_before(now - limits.retention_ms, limits.purge_batch):
                 child.delete(job)
 
-    def _one(self, txn: Txn, request: Request, now: int, isolate: bool) -> Outcome:
-        mark, writes = len(self._events), txn.writes
+    def _one(self, ctx: Context, request: Request, isolate: bool) -> Outcome:
+        txn, events = ctx.txn, self.shared.events
+        mark, writes = len(events), txn.writes
         try:
             if self.misplaced is not None and request.method != "GET":
                 raise Unavailable(
                     f"the store's data directory is gone ({self.misplaced}): writes are refused "
                     "until the operator restarts the store on its data; retry later"
                 )
-            handler, params = self._route(request)
+            operation, params = self._route(request)
             if not isolate:
-                return handler(self, txn, request, now, params)
+                return operation(ctx, request, params)
             with txn.nested() as child:
-                return handler(self, child, request, now, params)
+                return operation(Context(self.shared, child, ctx.now), request, params)
         except Exception as exc:
-            if isinstance(exc, MapFull) and not self.storage.at_ceiling():
+            if isinstance(exc, MapFull) and not self.shared.storage.at_ceiling():
                 raise  # the batch runs again in a larger map
             if txn.writes != writes:
                 raise _Isolate from exc  # only a nested transaction can undo what it wrote
             error = _failure(request, exc)
-        del self._events[mark:]  # the request's changes were rolled back, and so are its events
+        del events[mark:]  # the request's changes were rolled back, and so are its events
         return Outcome(error_reply(request, error))
 
-    def _route(self, request: Request) -> tuple[Handler, list[str]]:
+    def _route(self, request: Request) -> Route:
         key = (request.method, request.path)
         found = self._routes.get(key)
         if found is None:
@@ -340,92 +309,26 @@ class Engine:
             self._routes[key] = found
         return found
 
-    def _authorise(
-        self,
-        request: Request,
-        *,
-        client: str | None = None,
-        path: str | None = None,
-        observe: bool = False,
-    ) -> None:
-        if self.auth is not None:
-            self.auth.check(
-                request.token,
-                method="GET" if path is not None else request.method,
-                path=path or request.path,
-                client=client,
-                observe=request.observe or ("data" if observe else None),
-            )
-
-    def _store(self, txn: Txn, new: Job, old: Job | None) -> Change:
-        """Store ``new`` (replacing ``old``) and return the change to publish."""
-        wire = new.wire()
-        encoded = cbor2.dumps(wire)  # once: stored, replied and sealed as is
-        txn.put(new, old, encoded)
-        prev = {}
-        for name in (client_topic(new.dsid, new.client), server_topic(new.dsid)):
-            prev[name] = txn.topic_seq(name)
-            txn.set_topic_seq(name, new.seq)
-        return Change(new, prev, wire, encoded)
-
-    def hand_out(self, txn: Txn, job: Job, now: int, lease: int) -> Change:
-        """Hand ``job`` to a driver (a take or an accept) for ``lease`` ms: one more attempt."""
-        return self._transition(
-            txn,
-            job,
-            Event.TAKE,
-            now,
-            attempts=job.attempts + 1,
-            lease_until=self.clock.now + lease,
-            lease_ms=lease,
-        )
-
-    def _transition(self, txn: Txn, job: Job, event: Event, now: int, **fields: Any) -> Change:
-        try:
-            status = apply(job.status, event)
-        except InvalidTransition as exc:
-            exc.body = job.wire()
-            raise
-        if status is not Status.ACCEPTED:
-            fields["lease_until"] = fields["lease_ms"] = 0
-        # The wall clock may have been set back: a record's times never go back.
-        updated = max(now, job.updated)
-        if status is not job.status:
-            fields["history"] = (*job.history, (status.value, updated))[
-                -self.limits.history_length :
-            ]
-        new = job.evolve(status=status, updated=updated, seq=txn.next_seq(), **fields)
-        kind = EVENT_KINDS.get(event) or ("finished" if status.terminal else None)
-        if kind is not None:
-            self._events.append((job.dsid, kind))
-        return self._store(txn, new, job)
-
     def _expire(self, txn: Txn, now: int) -> list[Change]:
         """Send back the jobs whose lease has run out on the store clock (``now`` is the wall's)."""
-        clock = self.clock.now
+        shared = self.shared
+        clock = shared.clock.now
         if self.next_lease is None or self.next_lease > clock:
             return []
         changes = []
         with txn.nested() as child:
+            ctx = Context(shared, child, now)
             for job in child.expired(clock, 1000):
                 settings = child.settings(job.dsid)
-                if job.attempts >= (settings.max_attempts or self.limits.max_attempts):
+                if job.attempts >= (settings.max_attempts or shared.limits.max_attempts):
                     response = job.response
                     if response is None:
                         response = {"error": f"lease ran out {job.attempts} times; giving up"}
-                    changes.append(
-                        self._transition(child, job, Event.LEASE_EXHAUSTED, now, response=response)
-                    )
+                    changes.append(ctx.transition(job, Event.LEASE_EXHAUSTED, response=response))
                 else:
                     due = retry_not_before(now, None, settings, job.attempts, jitter())
-                    changes.append(
-                        self._transition(child, job, Event.LEASE_EXPIRED, now, not_before=due)
-                    )
+                    changes.append(ctx.transition(job, Event.LEASE_EXPIRED, not_before=due))
         return changes
-
-    def _internal(self, txn: Txn, now: int) -> list[Change]:
-        """Work of the store's own to commit with every batch (the subclass's); its changes."""
-        return []
 
     def _schedule(self, txn: Txn, now: int, changes: list[Change]) -> Counter[str]:
         """Fail the queued jobs whose ``expires`` has come (their changes join ``changes``) and move
@@ -434,31 +337,12 @@ class Engine:
         if self.next_timer is None or self.next_timer > now:
             return fell_due
         with txn.nested() as child:
+            ctx = Context(self.shared, child, now)
             for job in child.expiring(now, 1000):
                 response = dict(EXPIRED_RESPONSE)
-                changes.append(self._transition(child, job, Event.EXPIRED, now, response=response))
+                changes.append(ctx.transition(job, Event.EXPIRED, response=response))
             fell_due.update(entry.dsid for entry in child.advance(now, 1000))
         return fell_due
-
-    def _owned(self, txn: Txn, dsid: str, job_id: str, client: str) -> Job:
-        job = self._get(txn, dsid, job_id)
-        if job.client != client:
-            raise Forbidden(
-                f'job "{job_id}" belongs to another client; use the client id it was submitted with'
-            )
-        return job
-
-    def _get(self, txn: Txn, dsid: str, job_id: str) -> Job:
-        job = txn.get(dsid, job_id)
-        if job is None:
-            raise NotFound(
-                f'no job "{job_id}" in datasource "{dsid}"; check the job id and datasource'
-            )
-        return job
-
-    def route(self, request: Request) -> tuple[Handler, list[str]]:
-        """The handler and path parameters of a request; the service defines its routes."""
-        raise NotImplementedError
 
 
 def _next_timer(txn: Txn) -> int | None:
@@ -480,10 +364,12 @@ def _failure(request: Request, exc: Exception) -> JobstoreError:
 
 
 def error_reply(request: Request, exc: JobstoreError) -> Reply:
+    """The reply to a request that failed with ``exc``."""
     return Reply(exc.status, exc.body, exc.message, request.id)
 
 
 def ok_reply(request: Request, body: Any) -> Reply:
+    """A 200 reply with ``body``."""
     return Reply(200, body, id=request.id)
 
 

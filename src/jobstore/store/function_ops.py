@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import cbor2
 
@@ -20,13 +19,11 @@ from ..protocol import notification as nt
 from ..protocol.sealed import Change
 from ..states import Event, Status
 from . import functions
+from .context import Context
 from .engine import Outcome, ok_reply
 from .functions import CallVerdict, Observation, Observations, ResponseVerdict
 from .storage import Storage, Txn
 from .validation import canonical, check_plain
-
-if TYPE_CHECKING:
-    from .operations import Service
 
 OBSERVATIONS_KEY = b"fn-observations"  # meta: {ident: [pattern, format, mode, expires]}
 
@@ -87,30 +84,30 @@ class FunctionCalls:
         )
 
 
-def observe(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+def observe(ctx: Context, request: Request, params: list[str]) -> Outcome:
     """A driver's observe of ``/notification/request/...`` in mode ``notification``."""
     if request.observe != zest.OBSERVE_NOTIFICATION:
         raise BadRequest(
             f"GET {request.path[:100]} is an observe for function calls: send observe (option 6) "
             "= notification, as lib-go-databox's Func.Register does"
         )
-    svc._authorise(request)
-    calls = svc.functions
+    ctx.authorise(request)
+    calls = ctx.shared.functions
     if len(calls.observations) >= calls.max_observations:
         raise TooMany(
             f"this store has {calls.max_observations} function-call observers, its limit: "
             "observe with max_age so observations end"
         )
     fmt = zest.FORMAT_JSON if request.content_format is None else request.content_format
-    expires = now + request.max_age * 1000 if request.max_age else None
+    expires = ctx.now + request.max_age * 1000 if request.max_age else None
     obs = Observation(
         str(uuid.uuid4()).encode(), request.path, fmt, zest.OBSERVE_NOTIFICATION, expires
     )
-    calls.save(txn, [*calls.observations, obs])
+    calls.save(ctx.txn, [*calls.observations, obs])
     return Outcome(ok_reply(request, obs.ident.decode()), fn=Effect(observation=obs))
 
 
-def notify(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+def notify(ctx: Context, request: Request, params: list[str]) -> Outcome:
     """A caller's Notify: 65 with the observe key; a call already ended is answered at once."""
     path = _call_path(request, "response")
     if request.observe is not None:
@@ -118,8 +115,8 @@ def notify(svc: Service, txn: Txn, request: Request, now: int, params: list[str]
             "a Notify of a function response is a GET without observe (option 6); "
             "observe /notification/request/* to serve calls"
         )
-    svc._authorise(request)
-    job = txn.get(path.function, path.call)
+    ctx.authorise(request)
+    job = ctx.txn.get(path.function, path.call)
     answer = None
     if job is not None and functions.is_call(job.client) and job.status.terminal:
         body = nt.response_for_caller(job.status.value, job.response, job.request)
@@ -127,15 +124,15 @@ def notify(svc: Service, txn: Txn, request: Request, now: int, params: list[str]
     return Outcome(Reply(201, None, id=request.id), fn=Effect(key=True, answer=answer))
 
 
-def call(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+def call(ctx: Context, request: Request, params: list[str]) -> Outcome:
     """A call: stored as a job (65) for a known function, else 163 as zestdb."""
     path = _call_path(request, "request")
     function, call_id = path.function, path.call
-    svc._authorise(request)
+    ctx.authorise(request)
     fmt = zest.FORMAT_JSON if request.content_format is None else request.content_format
     stored = nt.call_request(request.body, fmt, request.host)
     check_plain("payload", stored["payload"])
-    existing = txn.get(function, call_id)
+    existing = ctx.txn.get(function, call_id)
     if existing is not None:
         if not functions.is_call(existing.client) or canonical(existing.request) != canonical(
             stored
@@ -145,11 +142,11 @@ def call(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) 
                 "call; use a fresh UUID per call"
             )
         return Outcome(Reply(201, None, id=request.id))
-    calls = svc.functions
+    calls = ctx.shared.functions
     known = (
         calls.observations.watch(function)
-        or any(nt.registered_function(item) == function for item in txn.catalogue_items())
-        or bool(txn.by_status(function))
+        or any(nt.registered_function(item) == function for item in ctx.txn.catalogue_items())
+        or bool(ctx.txn.by_status(function))
     )
     observed = bool(calls.observations.for_call(function, call_id, fmt))
     if functions.call_verdict(observed=observed, known=known) is CallVerdict.UNAVAILABLE:
@@ -157,16 +154,16 @@ def call(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) 
             f'no driver serves function "{function}": none registered it in /cat or observes '
             "/notification/request/*; start the driver, then call again"
         )
-    change = svc.new_job(txn, function, call_id, nt.CALL_CLIENT, stored, now)
+    change = ctx.new_job(function, call_id, nt.CALL_CLIENT, stored)
     return Outcome(Reply(201, None, id=request.id), [change])
 
 
-def respond(svc: Service, txn: Txn, request: Request, now: int, params: list[str]) -> Outcome:
+def respond(ctx: Context, request: Request, params: list[str]) -> Outcome:
     """A driver's response: the first one ends the call; later ones get 65 and change nothing."""
     path = _call_path(request, "response")
-    svc._authorise(request)
+    ctx.authorise(request)
     posted = nt.parse_func_response(request.body)
-    job = txn.get(path.function, path.call)
+    job = ctx.txn.get(path.function, path.call)
     if job is None or not functions.is_call(job.client):
         raise NotFound(
             f'no call "{path.call}" of function "{path.function}" in this store: answer the '
@@ -177,26 +174,26 @@ def respond(svc: Service, txn: Txn, request: Request, now: int, params: list[str
         return Outcome(Reply(201, None, id=request.id))
     changes: list[Change] = []
     if verdict is ResponseVerdict.END_QUEUED:
-        taken = svc._transition(txn, job, Event.TAKE, now, attempts=job.attempts + 1)
+        taken = ctx.hand_out(job, 0)  # answered before its delivery: no lease to hold
         changes.append(taken)
         job = taken.job
     status = functions.ending(posted)
     event = Event.REPORT_COMPLETE if status is Status.COMPLETE else Event.REPORT_FAILED
-    changes.append(svc._transition(txn, job, event, now, response=posted))
+    changes.append(ctx.transition(job, event, response=posted))
     return Outcome(Reply(201, None, id=request.id), changes)
 
 
-def commit_pending(svc: Service, txn: Txn, now: int) -> list[Change]:
+def commit_pending(ctx: Context) -> list[Change]:
     """In each batch: take the calls pushed to a driver since the last one (accepted, with a
     lease), and drop the observations the adapter found gone or expired."""
-    calls = svc.functions
+    calls, txn = ctx.shared.functions, ctx.txn
     changes = []
     delivered, calls.delivered = calls.delivered, []
     for function, call_id, attempts in delivered:
         job = txn.get(function, call_id)
         if job is None or not job.status.queued or job.attempts != attempts:
             continue  # answered or taken meanwhile
-        changes.append(svc.hand_out(txn, job, now, svc.limits.lease_ms))
+        changes.append(ctx.hand_out(job, ctx.limits.lease_ms))
     if calls.forget:
         for ident in calls.forget:
             calls.observations.remove(ident)
