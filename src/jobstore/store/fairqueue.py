@@ -49,6 +49,7 @@ record alone and lives with the store's other such indexes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
@@ -195,6 +196,17 @@ def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
     return moved
 
 
+def line_prefix(dsid: str) -> bytes:
+    """The prefix of a datasource's ``ready`` entries: the front of each of its lines."""
+    return _ds(dsid)
+
+
+def heads(dsid: str, ready: Iterable[tuple[bytes, bytes]]) -> list[Entry]:
+    """The jobs at the front of a datasource's lines (each client's next due job at each
+    priority), from its ``ready`` entries (those under :func:`line_prefix`)."""
+    return [_ready_entry(dsid, key, value) for key, value in ready]
+
+
 def peek(ix: Ordered, dsid: str) -> Entry | None:
     """The job the next take of a datasource gets, without taking it."""
     found = ix.first_raw(READY, _ds(dsid))
@@ -291,7 +303,8 @@ def audit(
 
     Each queued job is in ``due`` (not_before null or at most the watermark) or in ``later``
     (at least the watermark), not both; each client with due jobs at a priority has one
-    ``ready`` entry, naming its oldest, under the ticket ``turns`` gives it; nothing else.
+    ``ready`` entry, naming its oldest, under the ticket ``turns`` gives it; nothing else (no
+    ``turns`` entry of a client without due jobs, which would keep its old place in the line).
     """
     problems: list[str] = []
     mark = counters.get(WATERMARK, 0)
@@ -329,6 +342,8 @@ def audit(
         if ticket is None or ready.pop(key, None) != seq + job:
             problems.append(f"client line entry for {turn!r} is missing or not its oldest job")
     problems += [f"ready entry {key!r} is of no client with due jobs" for key in ready]
+    stray = turns.keys() - heads.keys()
+    problems += [f"turn entry {key!r} is of a client with no due job" for key in stray]
     for counted, number in counters.items():
         if counted.startswith(DELAYED):
             dsid = counted[len(DELAYED) : -1].decode()

@@ -42,6 +42,7 @@ from .scheduling import (
     Settings,
     Timing,
     batch_jobs,
+    longest_wait,
     report_delay,
     retry_not_before,
     same_timing,
@@ -446,7 +447,6 @@ class Service(Engine):
         """GET /server/<DSID>/stats: the datasource's counts, queue age and recent activity."""
         dsid = params[0]
         self._authorise(request)
-        oldest = txn.oldest_queued(dsid)
         last_minute = {
             kind: self.activity.last_minute(dsid, kind, now)
             for kind in ("taken", "finished", "lease_expired")
@@ -455,7 +455,7 @@ class Service(Engine):
             "dsid": dsid,
             "by_status": txn.by_status(dsid),
             "unfinished": txn.active(dsid),
-            "oldest_queued_ms": None if oldest is None else now - oldest.updated,
+            "oldest_queued_ms": longest_wait(txn.due_heads(dsid), now),
             "delayed": txn.delayed(dsid),
             "paused": txn.settings(dsid).paused,
             "last_minute": last_minute,
