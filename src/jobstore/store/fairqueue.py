@@ -239,12 +239,12 @@ def take(ix: Ordered, dsid: str) -> Entry | None:
     key, value = found
     entry = _ready_entry(dsid, key, value)
     r = rank(entry.priority)
-    ix.delete_raw(READY, key)
     name = entry.client.encode()
     client = ds + r + name + b"\0"
     taken = _taken(value) + 1  # its entry stays in due, below the next head
     following = ix.first_raw(DUE, client, client + u64(entry.seq + 1))
     if following is None:  # leaves the line, and due
+        ix.delete_raw(READY, key)
         ix.delete_first(DUE, client, taken)
         ix.delete_raw(TURNS, ds + r + name)
         return entry
@@ -253,7 +253,10 @@ def take(ix: Ordered, dsid: str) -> Entry | None:
         taken = 0
     ticket = u64(_ticket(ix, ds + r))  # to the back of the line
     ix.put_raw(TURNS, ds + r + name, ticket)
+    # Put before the delete: a line of one client would otherwise empty the database and
+    # LMDB would write a freed page at every take.
     ix.put_raw(READY, ds + r + ticket + name, _head(following, taken))
+    ix.delete_raw(READY, key)
     return entry
 
 
