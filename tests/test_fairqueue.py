@@ -338,3 +338,11 @@ def test_a_take_costs_a_bounded_number_of_index_operations_whatever_the_clients(
     # of a client (or when it leaves the line) one range delete of its taken jobs' entries
     assert max(counts) <= 6
     assert sum(counts) / len(counts) < 5.1
+
+
+def test_a_turn_without_its_ready_entry_is_refused_naming_check() -> None:
+    ix = MemoryIndex()
+    fairqueue.queue(ix, Entry("q", "j1", "a", 0, 1), None)
+    ix.delete_raw(fairqueue.READY, ix.keys[fairqueue.READY][0])  # damage: the line lost a
+    with pytest.raises(RuntimeError, match="run jobstore check"):
+        fairqueue.queue(ix, Entry("q", "j2", "a", 0, 2), None)

@@ -300,7 +300,10 @@ def _line_place(ix: Ordered, ds: bytes, r: bytes, name: bytes) -> tuple[bytes, b
         return None
     key = ds + r + ticket + name
     value = ix.get_raw(READY, key)
-    assert value is not None, f"turns entry without its ready entry: {key!r}"
+    if value is None:
+        raise RuntimeError(
+            f"take order: turns entry without its ready entry {key!r}: run jobstore check"
+        )
     return key, value
 
 
