@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import scheduling  # bench/scheduling.py: its figures' table
+
 BASELINE = "beanstalkd-durable"
 NATIVE = "jobstore-native"
 MILLION = "jobstore-native-1M"
@@ -208,43 +210,9 @@ def render(figures: Figures) -> str:
     if any(s.startswith("home-") for s in figures.systems):
         out += home_tables(figures)
     if figures.scheduling:
-        out += scheduling_table(figures.scheduling)
+        out += scheduling.table(figures.scheduling)
     out.append("")
     return "\n".join(out)
-
-
-def scheduling_table(found: Line) -> list[str]:
-    """bench/scheduling.py: the fair take against the FIFO take before it, and delayed jobs' lateness."""
-    out = ["", "## Scheduling (bench/scheduling.py)", ""]
-    if "error" in found:
-        return [*out, found["error"]]
-    take, late = found.get("take", {}), found.get("lateness", {})
-    if take:
-        n, queued = take["clients"], take["queued"]
-        out += [
-            f"Take cost, us per take with {queued:,} jobs queued (median of the rounds, FIFO and "
-            "fair rounds alternating):",
-            "",
-            f"| take | 1 client | {n} clients |",
-            "|---|---|---|",
-        ]
-        for name, label in (("fifo", "FIFO, before scheduling"), ("fair", "fair take order")):
-            if f"{name}_1_us" in take:
-                out.append(f"| {label} | {take[f'{name}_1_us']} | {take[f'{name}_{n}_us']} |")
-        if "ratio" in take:
-            out += [
-                "",
-                f"Fair over FIFO with {n} clients: **{take['ratio']}x** (target <= 1.5); over "
-                f"FIFO with 1 client: {take['ratio_fifo_1']}x.",
-            ]
-    if late:
-        out += [
-            "",
-            f"Lateness of {late['delayed']:,} delayed jobs handed to a waiting driver: p50 "
-            f"**{late['lateness_p50_ms']} ms**, p99 **{late['lateness_p99_ms']} ms** (target <= "
-            f"50), max {late['lateness_max_ms']} ms; {late['early']} handed early.",
-        ]
-    return out
 
 
 def home_tables(figures: Figures) -> list[str]:

@@ -191,6 +191,40 @@ def lateness_phase(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def table(found: dict[str, Any]) -> list[str]:
+    """Markdown for bench/run.py's results.md: the figures :func:`main` wrote with ``--json``."""
+    out = ["", "## Scheduling (bench/scheduling.py)", ""]
+    if "error" in found:
+        return [*out, found["error"]]
+    take, late = found.get("take", {}), found.get("lateness", {})
+    if take:
+        n, queued = take["clients"], take["queued"]
+        out += [
+            f"Take cost, us per take with {queued:,} jobs queued (median of the rounds, FIFO and "
+            "fair rounds alternating):",
+            "",
+            f"| take | 1 client | {n} clients |",
+            "|---|---|---|",
+        ]
+        for name, label in (("fifo", "FIFO, before scheduling"), ("fair", "fair take order")):
+            if f"{name}_1_us" in take:
+                out.append(f"| {label} | {take[f'{name}_1_us']} | {take[f'{name}_{n}_us']} |")
+        if "ratio" in take:
+            out += [
+                "",
+                f"Fair over FIFO with {n} clients: **{take['ratio']}x** (target <= 1.5); over "
+                f"FIFO with 1 client: {take['ratio_fifo_1']}x.",
+            ]
+    if late:
+        out += [
+            "",
+            f"Lateness of {late['delayed']:,} delayed jobs handed to a waiting driver: p50 "
+            f"**{late['lateness_p50_ms']} ms**, p99 **{late['lateness_p99_ms']} ms** (target <= "
+            f"50), max {late['lateness_max_ms']} ms; {late['early']} handed early.",
+        ]
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--queued", type=int, default=100_000)
