@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import scheduling  # bench/scheduling.py: its figures' table
+
 BASELINE = "beanstalkd-durable"
 NATIVE = "jobstore-native"
 MILLION = "jobstore-native-1M"
@@ -150,6 +152,7 @@ class Figures:
         self.lines = [line for line in lines if line.get("kind") == "result"]
         self.meta = next((line for line in lines if line.get("kind") == "meta"), {})
         self.end = next((line for line in lines if line.get("kind") == "end"), {})
+        self.scheduling = next((line for line in lines if line.get("kind") == "scheduling"), {})
         found = {line["system"] for line in self.lines}
         self.systems = [s for s in ORDER if s in found] + sorted(found - set(ORDER))
 
@@ -206,6 +209,8 @@ def render(figures: Figures) -> str:
         out += batch_tables(figures, systems)
     if any(s.startswith("home-") for s in figures.systems):
         out += home_tables(figures)
+    if figures.scheduling:
+        out += scheduling.table(figures.scheduling)
     out.append("")
     return "\n".join(out)
 

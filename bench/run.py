@@ -83,7 +83,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--stored", type=int, default=MILLION, help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true", help="also py-spy the store (native workload)")
     p.add_argument(
-        "--systems", help="comma-separated subset, e.g. jobstore-native,beanstalkd-durable"
+        "--systems",
+        help="comma-separated subset, e.g. jobstore-native,beanstalkd-durable (scheduling: "
+        "bench/scheduling.py)",
     )
     p.add_argument("--out", type=Path, default=HERE / "results", help="where results go")
     p.add_argument(
@@ -95,6 +97,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--home", action="store_true", help="only the home-load phase (one job at a time)"
     )
     p.add_argument("--no-home", action="store_true", help="skip the home-load phase")
+    p.add_argument(
+        "--no-scheduling",
+        action="store_true",
+        help="skip bench/scheduling.py (take cost, lateness)",
+    )
     p.add_argument("--home-jobs", type=int, help="jobs per home-load phase (default 1000)")
     p.add_argument("--home-pause", type=float, default=0.02, help="seconds between home-load jobs")
     p.add_argument(
@@ -331,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 home_run(homes, template, session / f"run{run}", args, run, lines)
         if args.profile:
             profile(args, session / "profile")
+        if not (args.home or args.no_scheduling) and (
+            not args.systems or "scheduling" in args.systems.split(",")
+        ):
+            scheduling(args, lines)
     finally:
         if not args.keep_data:
             shutil.rmtree(session, ignore_errors=True)
@@ -359,6 +370,16 @@ def home_run(
             system.data_dir = where / "data"
             shutil.copytree(template, system.data_dir)
         measure(system, where, args, run, out, [home_phase(args)], idle_window=IDLE_WINDOW_S)
+
+
+def scheduling(args: argparse.Namespace, lines: Path) -> None:
+    """bench/scheduling.py on this run's copy of the tree: take cost against the FIFO take that
+    came before scheduling, and the lateness of delayed jobs; its line joins ``lines``."""
+    print("scheduling: take cost and delayed-job lateness ...", flush=True)
+    argv = [sys.executable, str(HERE / "scheduling.py"), "--src", str(SNAPSHOT)]
+    argv += ["--json", str(lines)] + (["--quick"] if args.quick else [])
+    if subprocess.run(argv, check=False).returncode != 0:
+        log_line(lines, {"kind": "scheduling", "error": "bench/scheduling.py failed (see above)"})
 
 
 def profile(args: argparse.Namespace, workdir: Path) -> None:

@@ -71,6 +71,7 @@ def test_a_directory_with_scheduled_jobs_passes(tmp_path: Path) -> None:
         ),
         (lambda t, db: t.drop(db["ready"], delete=False), "line entry for"),
         (lambda t, db: t.put(b"ds\0dc7\0" + u64(77), b"j77", db=db["due"]), "no queued job's"),
+        (lambda t, db: t.put(b"ds\0dc7", u64(9), db=db["turns"]), "client with no due job"),
         (lambda t, db: t.put(b"d:ds\0", u64(3), db=db["meta"]), "delayed count of ds is 3"),
     ],
 )

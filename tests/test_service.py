@@ -579,6 +579,19 @@ def test_the_map_grows_before_it_fills(tmp_path: Path) -> None:
     assert storage.env.info()["map_size"] > 1 << 16
 
 
+def test_stats_queue_age_counts_due_jobs_only_from_when_they_fell_due(h: Harness) -> None:
+    job = h.ok("POST", "/ds/job/", {"job": "later", "client": "c1", "delay": 1000}, 201)
+    assert h.ok("GET", "/server/ds/stats")["oldest_queued_ms"] is None  # nothing is due yet
+    h.now = job["not_before"] + 499  # the stats call is 1 ms later
+    assert h.ok("GET", "/server/ds/stats")["oldest_queued_ms"] == 500
+
+
+def test_stats_queue_age_is_never_negative_after_the_wall_clock_is_set_back(h: Harness) -> None:
+    h.submit()
+    h.step_wall_clock(-60_000)
+    assert h.ok("GET", "/server/ds/stats")["oldest_queued_ms"] == 0
+
+
 def test_datasource_stats_count_statuses_queue_age_and_recent_activity(h: Harness) -> None:
     for job in ("a", "b", "c", "d"):
         h.submit(job=job)

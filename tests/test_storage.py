@@ -94,7 +94,7 @@ def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: 
         check(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert txn.format() == FORMAT == 4
+        assert txn.format() == FORMAT == 5
         assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
         upgraded = txn.get("ds", "live")
         assert upgraded is not None
@@ -134,6 +134,34 @@ def test_opening_a_format_3_store_puts_its_queued_jobs_in_the_take_order(tmp_pat
     # In queue order a joined the line first, then b, then c; a was served last before the upgrade
     # but the line starts afresh.
     assert [job["job"] for job in taken] == ["a1", "b3", "c5", "a2", "b4"]
+    service.storage.close()
+    assert check(tmp_path) == (6, [])
+
+
+def test_opening_a_format_4_store_keeps_its_take_order(tmp_path: Path) -> None:
+    """Format 4 deleted a taken job's due entry at once; its indexes are format 5's without any
+    taken entries left, so the upgrade only records the format, and takes go on in fair order."""
+    service = Service(Storage(tmp_path))
+    for n, (client, options) in enumerate(
+        [("a", {}), ("a", {}), ("b", {"priority": 2}), ("b", {}), ("c", {"delay": 50}), ("c", {})]
+    ):
+        body = {"job": f"{client}{n}", "client": client, "request": n, **options}
+        assert service.handle(Request("POST", "/ds/job/", body=body), 1000).reply.status == 201  # type: ignore[union-attr]
+    cancel = {"job": "a0", "client": "a"}
+    assert service.handle(Request("POST", "/ds/job/cancel", body=cancel), 1000).reply.status == 200  # type: ignore[union-attr]
+    storage = service.storage
+    with storage.env.begin(write=True) as raw:
+        raw.put(FORMAT_KEY, u64(4), db=storage.dbs["meta"])
+    storage.close()
+    with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
+        check(tmp_path)
+
+    service = Service(Storage(tmp_path))
+    with service.storage.read() as txn:
+        assert txn.format() == FORMAT == 5
+    take = Request("POST", "/server/ds/job/take", body={"max": 10})
+    taken = service.handle(take, 2000).reply.body["jobs"]  # type: ignore[union-attr]
+    assert [job["job"] for job in taken] == ["b2", "a1", "b3", "c4", "c5"]  # c4 fell due: older
     service.storage.close()
     assert check(tmp_path) == (6, [])
 

@@ -285,6 +285,20 @@ def test_the_live_view_shows_counts_recent_changes_and_progress_bars() -> None:
     assert "━" in screen  # the bar
 
 
+def test_a_clients_view_counts_its_own_delayed_jobs_until_they_fall_due() -> None:
+    wall = [1000.0]
+    state = WatchState(wall=lambda: wall[0])
+    state.apply({**rec("soon", "submitted", 1), "not_before": 1_001_000})
+    state.apply({**rec("later", "retrying", 2), "not_before": 2_000_000})
+    state.apply({**rec("now", "submitted", 3), "not_before": None})
+    state.set_queue(None, True)  # a client's watch: the pause from the stats, not the count
+    assert (state.delayed, state.paused) == (2, True)
+    wall[0] = 1001.0  # "soon" is due now
+    assert state.delayed == 1
+    state.apply({**rec("later", "cancelled", 4), "not_before": 2_000_000})
+    assert state.delayed == 0 and state.summary()["delayed"] == 0
+
+
 def test_the_views_show_a_paused_queue_and_its_delayed_jobs() -> None:
     pytest.importorskip("rich")
     state = WatchState()
@@ -479,6 +493,25 @@ def test_a_datasource_watch_shows_its_delayed_jobs_and_that_it_is_paused(
     flags = ("--endpoint", store.endpoint, "--notify-endpoint", store.notify_endpoint)
     clock, tracer, out, thread, results = start_command(
         monkeypatch, "ds", *flags, "--json", "--seconds", "2"
+    )
+    tracer.wait_for(seq)
+    finish_command(clock, thread, results)
+    final = json_lines(out.getvalue())[-1]
+    assert (final["delayed"], final["paused"]) == (1, True)
+    assert final["counts"] == {"submitted": 2}
+
+
+def test_a_clients_watch_shows_its_delayed_jobs_and_that_the_queue_is_paused(
+    store: RunningStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with store.client("app1") as app1, store.client("app2") as app2, store.driver() as driver:
+        driver.pause()
+        app1.submit({"n": 1}, job="other", delay=3_600_000)  # another client's: not shown
+        app2.submit({"n": 1}, job="later", delay=3_600_000)
+        seq = app2.submit({"n": 2}, job="now")["seq"]
+    flags = ("--endpoint", store.endpoint, "--notify-endpoint", store.notify_endpoint)
+    clock, tracer, out, thread, results = start_command(
+        monkeypatch, "ds", "--client", "app2", *flags, "--json", "--seconds", "2"
     )
     tracer.wait_for(seq)
     finish_command(clock, thread, results)

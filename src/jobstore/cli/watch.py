@@ -25,6 +25,7 @@ from .watchview import JsonView, LiveView, Output, PlainView, View, choose_outpu
 QUIET = 1.0  # seconds a watch may be quiet before the feeder thread looks up (to stop or reopen)
 RETRY = 1.0  # seconds between attempts to reach a store that stopped answering
 QUEUE_EVERY = 1.0  # seconds between reads of a watched datasource's delayed count and pause
+REFUSED = (401, 403)  # a client's token may not cover the datasource's stats
 
 
 # Following a store
@@ -101,8 +102,9 @@ class _Feeder:
         self.error: Exception | None = None
         self.problem: str | None = None
         self._source = source
-        # (delayed, paused) of a whole datasource watched as its driver, read from its stats.
-        self.queue: tuple[int, bool] | None = None
+        # (delayed, paused) of the datasource, read from its stats; delayed is None for a
+        # client's watch, which counts its own delayed jobs.
+        self.queue: tuple[int | None, bool] | None = None
         self._queue_at = -math.inf
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -128,16 +130,25 @@ class _Feeder:
 
     def _read_queue(self) -> None:
         """Read the datasource's delayed count and pause from its stats, at most every
-        QUEUE_EVERY seconds (a client's watch has no right to them, and does not ask)."""
+        QUEUE_EVERY seconds; a client's watch takes only the pause, and stops asking if
+        its token does not cover the stats."""
         source = self._source
-        if not isinstance(source, Driver) or time.monotonic() - self._queue_at < QUEUE_EVERY:
+        if (
+            not isinstance(source, Driver | JobClient)
+            or time.monotonic() - self._queue_at < QUEUE_EVERY
+        ):
             return
         self._queue_at = time.monotonic()
         try:
             stats = source.conn.call("GET", f"/server/{source.dsid}/stats")
+        except RequestFailed as exc:
+            if exc.status in REFUSED and isinstance(source, JobClient):
+                self._queue_at = math.inf
+            return
         except ClientError:
             return  # the records' stream says what is wrong with the store
-        self.queue = (int(stats.get("delayed", 0)), bool(stats.get("paused", False)))
+        delayed = int(stats.get("delayed", 0)) if isinstance(source, Driver) else None
+        self.queue = (delayed, bool(stats.get("paused", False)))
 
     def _run(self, stream: RecordStream | None) -> None:
         since = 0

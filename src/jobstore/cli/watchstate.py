@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from ..client.requests import Record
-from ..states import TERMINAL, Status
+from ..states import QUEUED, TERMINAL, Status
 
 # Queue first, then running, then the ways a job ends.
 DISPLAY_ORDER = tuple(
@@ -28,6 +28,7 @@ DISPLAY_ORDER = tuple(
     )
 )
 FINISHED = frozenset(s.value for s in TERMINAL)
+WAITING = frozenset(s.value for s in QUEUED)
 BUCKETS = 20  # a throughput window is this many buckets, rates move a bucket at a time
 # What the views call a status: an accepted job is one a driver is running.
 LABELS = {Status.ACCEPTED.value: "running"}
@@ -111,6 +112,10 @@ class WatchState:
     ``seq`` at or below ``baseline_seq`` are history caught up at start: counted,
     but not throughput. Throughput is over the last ``window`` seconds of
     ``clock``, in whole buckets of ``window / 20`` seconds.
+
+    ``delayed`` is the datasource's count from its stats when they give one (a watch of
+    the whole datasource); a client's watch counts its own queued jobs whose
+    ``not_before`` is after ``wall`` (seconds since the epoch), as they fall due.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class WatchState:
         window: float = 5.0,
         recent: int = 50,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.baseline_seq = baseline_seq
         self.window = window
@@ -133,13 +139,24 @@ class WatchState:
         self._recent: deque[RecentChange] = deque(maxlen=recent)
         self._buckets: deque[list[int]] = deque()  # [bucket index, changes, finished]
         self._first_bucket = self._bucket()
-        # Of a whole datasource, from its stats: queued jobs not yet due, and whether paused.
-        self.delayed: int | None = None
+        self._wall = wall
+        self._not_before: dict[tuple[str, str], int] = {}  # queued jobs with a due time
+        # From the datasource's stats: its queued jobs not yet due, and whether it is paused.
+        self._stats_delayed: int | None = None
         self.paused = False
 
-    def set_queue(self, delayed: int, paused: bool) -> None:
-        """The datasource's delayed count and pause, as its stats last said."""
-        self.delayed, self.paused = delayed, paused
+    def set_queue(self, delayed: int | None, paused: bool) -> None:
+        """The datasource's pause and delayed count (None: count the records'), as its stats
+        last said."""
+        self._stats_delayed, self.paused = delayed, paused
+
+    @property
+    def delayed(self) -> int:
+        """Queued jobs not yet due."""
+        if self._stats_delayed is not None:
+            return self._stats_delayed
+        now = self._wall() * 1000
+        return sum(1 for not_before in self._not_before.values() if not_before > now)
 
     def apply(self, record: Record) -> None:
         """Fold in one job record; one no newer than the last applied is a repeat and ignored."""
@@ -161,6 +178,11 @@ class WatchState:
         finished = status in FINISHED
         if not finished:
             self._unfinished[key] = status
+        not_before = record.get("not_before")
+        if status in WAITING and isinstance(not_before, int):
+            self._not_before[key] = not_before
+        else:
+            self._not_before.pop(key, None)
         progress = parse_progress(record.get("progress")) if status == Status.ACCEPTED else None
         if progress is None:
             self._progress.pop(key, None)

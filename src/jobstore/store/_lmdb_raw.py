@@ -205,15 +205,28 @@ class RawTxn:
         value = self._lmdb.get(key, db=self._dbs[db])
         return None if value is None else bytes(value)
 
-    def first_raw(self, db: str, prefix: bytes) -> tuple[bytes, bytes] | None:
-        """The first entry of a database whose key starts with ``prefix``."""
+    def first_raw(self, db: str, prefix: bytes, start: bytes = b"") -> tuple[bytes, bytes] | None:
+        """The first entry of a database whose key starts with ``prefix`` (and is not below ``start``)."""
         cursor = self._cursors.get(db)
         if cursor is None:  # one per database and transaction: a take looks up several times
             cursor = self._cursors[db] = self._lmdb.cursor(db=self._dbs[db])
-        if not cursor.set_range(prefix):
+        if not cursor.set_range(max(prefix, start)):
             return None
         key = bytes(cursor.key())
         return (key, bytes(cursor.value())) if key.startswith(prefix) else None
+
+    def delete_first(self, db: str, prefix: bytes, count: int) -> None:
+        """Delete the ``count`` lowest entries whose key starts with ``prefix`` (fewer if fewer)."""
+        self.writes += 1
+        cursor = self._lmdb.cursor(db=self._dbs[db])
+        try:
+            found = count > 0 and cursor.set_range(prefix)
+            for _ in range(count):
+                if not found or not bytes(cursor.key()).startswith(prefix):
+                    break
+                found = cursor.delete()
+        except lmdb.Error as exc:
+            refuse(exc)
 
     def _write_record(
         self,

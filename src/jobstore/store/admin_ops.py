@@ -13,7 +13,7 @@ from ..protocol import Request
 from ..states import QUEUED
 from .context import Context
 from .engine import Outcome, ok_reply
-from .scheduling import Settings, update_settings
+from .scheduling import Settings, longest_wait, update_settings
 from .validation import body_map
 
 
@@ -52,7 +52,6 @@ def ds_stats(ctx: Context, request: Request, params: list[str]) -> Outcome:
     dsid, txn, now = params[0], ctx.txn, ctx.now
     activity = ctx.shared.activity
     ctx.authorise(request)
-    oldest = txn.oldest_queued(dsid)
     last_minute = {
         kind: activity.last_minute(dsid, kind, now)
         for kind in ("taken", "finished", "lease_expired")
@@ -61,7 +60,7 @@ def ds_stats(ctx: Context, request: Request, params: list[str]) -> Outcome:
         "dsid": dsid,
         "by_status": txn.by_status(dsid),
         "unfinished": txn.active(dsid),
-        "oldest_queued_ms": None if oldest is None else now - oldest.updated,
+        "oldest_queued_ms": longest_wait(txn.due_heads(dsid), now),
         "delayed": txn.delayed(dsid),
         "paused": txn.settings(dsid).paused,
         "last_minute": last_minute,

@@ -5,7 +5,10 @@ deadlines from the wall clock to the store clock; formats 1 (records as CBOR
 arrays) and 2 (an 8-byte wall-clock deadline before the record) are upgraded.
 Format 4 added the take order's indexes (:mod:`jobstore.store.fairqueue`): an
 upgrade puts every queued job in them, in queue order (older records have the
-default priority and no due time, so all are due).
+default priority and no due time, so all are due). Format 5 lets a take leave
+its job's entry in ``due`` for a later range delete, counted in the client's
+``ready`` value: format 4 data reads the same (no count is none), so its upgrade
+only records the new format, which keeps an older jobstore from reading it.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from ..records import Job
 from ..states import QUEUED, TERMINAL
 from . import fairqueue
 
-FORMAT = 4  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+FORMAT = 5  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"

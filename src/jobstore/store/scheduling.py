@@ -8,11 +8,12 @@ Times are ms since the Unix epoch, at most 2^53 - 1 so that JavaScript peers
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from ..errors import BadRequest
 from ..protocol import shown
+from ..records import Job
 from .fairqueue import PRIORITY_MAX, PRIORITY_MIN
 from .validation import optional_int
 
@@ -189,3 +190,13 @@ def batch_jobs(body: Mapping[str, Any]) -> list[Any]:
             f"jobs must be an array of 1 to {MAX_BATCH} jobs, got {got}; split a larger batch"
         )
     return jobs
+
+
+def longest_wait(due: Iterable[Job], now: int) -> int | None:
+    """How long the longest-waiting of these due jobs has waited since it could run (since it was
+    queued, or since its ``not_before``), in ms; None for no jobs.
+
+    Never below 0: after the wall clock is set back, ``now`` may be before those times.
+    """
+    waits = [now - max(job.updated, job.not_before or 0) for job in due]
+    return max(0, *waits) if waits else None

@@ -170,10 +170,10 @@ class Txn(RawTxn):
         """How many job records the store holds."""
         return self.count("jobs")
 
-    def oldest_queued(self, dsid: str) -> Job | None:
-        """The job at the head of a datasource's queue."""
-        jobs = self.queued(dsid, 1)
-        return jobs[0] if jobs else None
+    def due_heads(self, dsid: str) -> list[Job]:
+        """Each client's next due job at each priority: the front of each of a datasource's lines."""
+        found = self.entries(fairqueue.READY, fairqueue.line_prefix(dsid))
+        return [self._must_get(dsid, entry.job) for entry in fairqueue.heads(dsid, found)]
 
     def active(self, dsid: str, client: str | None = None) -> int:
         """How many jobs of a datasource (or of one client in it) are not yet terminal."""
