@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from jobstore.store import fairqueue
+from jobstore.store import fairqueue, keys
 from jobstore.store.fairqueue import Entry
 
 
@@ -18,8 +18,8 @@ class MemoryIndex:
     """:class:`jobstore.fairqueue.Ordered` over dicts and sorted key lists; counts its lookups."""
 
     def __init__(self) -> None:
-        self.values: dict[str, dict[bytes, bytes]] = {db: {} for db in fairqueue.INDEXES}
-        self.keys: dict[str, list[bytes]] = {db: [] for db in fairqueue.INDEXES}
+        self.values: dict[str, dict[bytes, bytes]] = {db: {} for db in keys.ORDER_INDEXES}
+        self.keys: dict[str, list[bytes]] = {db: [] for db in keys.ORDER_INDEXES}
         self.counters: dict[bytes, int] = {}
         self.operations = 0
 
@@ -301,13 +301,13 @@ def test_taken_jobs_leave_due_together_and_an_older_job_due_goes_first() -> None
         fairqueue.queue(ix, Entry("q", f"j{seq}", "a", 0, seq), None)
     for seq in range(2, 12):
         assert fairqueue.take(ix, "q") == Entry("q", f"j{seq}", "a", 0, seq)
-    assert len(ix.keys[fairqueue.DUE]) == total  # the 10 taken, and the rest
+    assert len(ix.keys[keys.DUE]) == total  # the 10 taken, and the rest
     fairqueue.advance(ix, 5, 10)  # old (seq 1) falls due, older than the head j12
-    assert len(ix.keys[fairqueue.DUE]) == total - 10 + 1
+    assert len(ix.keys[keys.DUE]) == total - 10 + 1
     assert fairqueue.take(ix, "q") == Entry("q", "old", "a", 0, 1)
     taken = [fairqueue.take(ix, "q") for _ in range(total)]
     assert [e.seq for e in taken if e] == list(range(12, total + 2))
-    assert ix.keys[fairqueue.DUE] == [] and ix.keys[fairqueue.TURNS] == []
+    assert ix.keys[keys.DUE] == [] and ix.keys[keys.TURNS] == []
 
 
 def test_a_client_that_left_the_line_rejoins_at_the_back() -> None:
@@ -343,6 +343,6 @@ def test_a_take_costs_a_bounded_number_of_index_operations_whatever_the_clients(
 def test_a_turn_without_its_ready_entry_is_refused_naming_check() -> None:
     ix = MemoryIndex()
     fairqueue.queue(ix, Entry("q", "j1", "a", 0, 1), None)
-    ix.delete_raw(fairqueue.READY, ix.keys[fairqueue.READY][0])  # damage: the line lost a
+    ix.delete_raw(keys.READY, ix.keys[keys.READY][0])  # damage: the line lost a
     with pytest.raises(RuntimeError, match="run jobstore check"):
         fairqueue.queue(ix, Entry("q", "j2", "a", 0, 2), None)

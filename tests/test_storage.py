@@ -9,7 +9,7 @@ from jobstore.errors import ConfigError
 from jobstore.protocol import Request
 from jobstore.records import Job
 from jobstore.states import Status
-from jobstore.store import fairqueue
+from jobstore.store import keys
 from jobstore.store.check import check
 from jobstore.store.keys import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, u64
 from jobstore.store.operations import Service
@@ -121,7 +121,7 @@ def test_opening_a_format_3_store_puts_its_queued_jobs_in_the_take_order(tmp_pat
     service.handle(Request("POST", "/server/ds/job/take", body={}), 1000)  # a0: accepted
     storage = service.storage
     with storage.env.begin(write=True) as raw:
-        for db in fairqueue.INDEXES:
+        for db in keys.ORDER_INDEXES:
             raw.drop(storage.dbs[db], delete=True)
         raw.put(FORMAT_KEY, u64(3), db=storage.dbs["meta"])
     storage.close()

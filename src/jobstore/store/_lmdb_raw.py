@@ -40,8 +40,17 @@ class StorageError(JobstoreError):
     """LMDB could not read or write (an I/O error, a damaged page): the batch is not applied."""
 
 
+def refuse_new_jobs() -> NoReturn:
+    """Refuse a new job because the data in use has reached ``Limits.full_at`` of the ceiling."""
+    raise StorageFull(
+        "the store is full: new jobs are refused until old ones are purged (cancels, status "
+        "reports and reads still work); ask the operator to raise --max-map-size"
+    )
+
+
 def refuse(exc: lmdb.Error) -> NoReturn:
-    """Raise jobstore's error for an LMDB one: the only place a full map becomes StorageFull."""
+    """Raise jobstore's error for an LMDB one: with :func:`refuse_new_jobs`, the only places
+    the store runs out of room (StorageFull)."""
     if isinstance(exc, lmdb.MapFullError):
         raise MapFull(
             "the store's data file is full even at its ceiling: wait for finished jobs to be "

@@ -15,12 +15,15 @@ from . import fairqueue
 from .datadir import DATA_FILE
 from .keys import (
     COUNT_PREFIX,
+    DELAYED_PREFIX,
     EMPTY_VALUED,
     FORMAT,
     INDEXES,
+    ORDER_INDEXES,
     SEQ_KEY,
     STATUS_PREFIX,
     TOPIC_PREFIX,
+    WATERMARK_KEY,
     count_key,
     dsid_of,
     index_keys,
@@ -119,11 +122,11 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
                 f"topic {key[len(TOPIC_PREFIX) :]!r} claims seq {int.from_bytes(value, 'big')} above the counter"
             )
     problems += [f"job count {key!r} is missing ({n} jobs)" for key, n in active.items() if n]
-    order = {db: dict(txn.entries(db)) for db in fairqueue.INDEXES}
+    order = {db: dict(txn.entries(db)) for db in ORDER_INDEXES}
     counters = {
         key: int.from_bytes(value, "big")
         for key, value in txn.entries("meta")
-        if key.startswith(fairqueue.DELAYED) or key == fairqueue.WATERMARK
+        if key.startswith(DELAYED_PREFIX) or key == WATERMARK_KEY
     }
     problems += fairqueue.audit(order, counters, queued)
     if txn.meta(SEQ_KEY) is None and count:

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING
 
 import cbor2
 
-from ..errors import Forbidden, NotFound, StorageFull, TooMany
+from ..errors import Forbidden, NotFound, TooMany
 from ..protocol import Request
 from ..protocol.sealed import Change, Sealer, client_topic, server_topic
 from ..records import Job
 from ..states import UNSET, Event, Status, Unset, follow
 from .activity import Activity
 from .scheduling import Timing
-from .storage import Storage, Txn
+from .storage import Storage, Txn, refuse_new_jobs
 
 if TYPE_CHECKING:
     from .auth import Authoriser
@@ -223,10 +223,7 @@ class Context:
     def _admit(self, dsid: str, client: str) -> None:
         limits, txn = self.shared.limits, self.txn
         if self.shared.full:
-            raise StorageFull(
-                "the store is full: new jobs are refused until old ones are purged (cancels, status "
-                "reports and reads still work); ask the operator to raise --max-map-size"
-            )
+            refuse_new_jobs()
         if txn.active(dsid, client) >= limits.max_active_per_client:
             raise TooMany(
                 f"client {client!r} has {limits.max_active_per_client} unfinished jobs in {dsid!r}, the "

@@ -6,6 +6,7 @@ sorted dict in the tests) so that every operation costs a few point reads and
 writes and a first-key-at-or-after lookup: logarithmic in the queue's size,
 whatever the number of clients. Nothing here scans a queue.
 
+The key layouts are :mod:`jobstore.store.keys`'s, with every other key's.
 Names never contain NUL, so ``ds`` = ``dsid NUL`` ends the datasource; after it
 every part is fixed width except the client, which is followed by NUL where
 more comes after it. ``rank`` is one byte, ``100 - priority`` (0 = priority
@@ -64,23 +65,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple, Protocol
 
+from .keys import (
+    DELAYED_PREFIX,
+    DUE,
+    LATER,
+    LINE_PREFIX,
+    READY,
+    TURNS,
+    U64,
+    WATERMARK_KEY,
+    client_prefix,
+    delayed_key,
+    later_key,
+    rank,
+    u64,
+)
+from .keys import name as ds_key  # ``dsid NUL``: the prefix of a datasource's entries
+
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
-DUE, READY, TURNS, LATER = "due", "ready", "turns", "later"
-INDEXES = (DUE, READY, TURNS, LATER)
-WATERMARK = b"due-until"  # counter: the time due jobs have been moved up to
-DELAYED = b"d:"  # counter prefix: a datasource's queued jobs not yet due
-LINE = b"l:"  # counter prefix, then ds rank: the last ticket given out in that line
 COLLECT_AT = 64  # taken entries a client leaves in ``due`` before they are deleted together
-_U64 = 8
-
-
-def u64(n: int) -> bytes:
-    return n.to_bytes(_U64, "big")
-
-
-def rank(priority: int) -> bytes:
-    """The one-byte sort key of a priority: higher priorities sort first."""
-    return bytes((PRIORITY_MAX - priority,))
 
 
 class Entry(NamedTuple):
@@ -117,29 +120,13 @@ class Ordered(Protocol):
     def set_counter(self, key: bytes, value: int) -> None: ...
 
 
-def _ds(dsid: str) -> bytes:
-    return dsid.encode() + b"\0"
-
-
-def _client_prefix(ds: bytes, r: bytes, client: str) -> bytes:
-    return ds + r + client.encode() + b"\0"
-
-
-def delayed_key(dsid: str) -> bytes:
-    return DELAYED + _ds(dsid)
-
-
-def later_key(dsid: str, job: str, not_before: int) -> bytes:
-    return u64(not_before) + _ds(dsid) + job.encode() + b"\0"
-
-
 def watermark(ix: Ordered) -> int:
-    return ix.counter(WATERMARK)
+    return ix.counter(WATERMARK_KEY)
 
 
 def is_due(ix: Ordered, not_before: int | None) -> bool:
     """Whether a job entering the queue with this ``not_before`` goes straight to the due order."""
-    return not_before is None or not_before <= ix.counter(WATERMARK)
+    return not_before is None or not_before <= ix.counter(WATERMARK_KEY)
 
 
 def queue(ix: Ordered, entry: Entry, not_before: int | None) -> None:
@@ -176,7 +163,7 @@ def delayed(ix: Ordered, dsid: str) -> int:
 def next_due(ix: Ordered) -> int | None:
     """The earliest ``not_before`` of a job not yet due, or None."""
     found = ix.first_raw(LATER, b"")
-    return None if found is None else int.from_bytes(found[0][:_U64], "big")
+    return None if found is None else int.from_bytes(found[0][:U64], "big")
 
 
 def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
@@ -185,37 +172,37 @@ def advance(ix: Ordered, now: int, limit: int) -> list[Entry]:
     The watermark (never going back) becomes ``now``, or the due time of the last job
     moved when ``limit`` stopped the move short: the next call carries on.
     """
-    mark = ix.counter(WATERMARK)
+    mark = ix.counter(WATERMARK_KEY)
     moved: list[Entry] = []
     while True:
         found = ix.first_raw(LATER, b"")
-        if found is None or int.from_bytes(found[0][:_U64], "big") > now:
+        if found is None or int.from_bytes(found[0][:U64], "big") > now:
             mark = max(mark, now)
             break
         if len(moved) == limit:
             break
         key, value = found
-        mark = max(mark, int.from_bytes(key[:_U64], "big"))
-        dsid, job, _ = key[_U64:].decode().split("\0")
+        mark = max(mark, int.from_bytes(key[:U64], "big"))
+        dsid, job, _ = key[U64:].decode().split("\0")
         entry = Entry(
             dsid,
             job,
-            value[1 + _U64 :].decode(),
+            value[1 + U64 :].decode(),
             PRIORITY_MAX - value[0],
-            int.from_bytes(value[1 : 1 + _U64], "big"),
+            int.from_bytes(value[1 : 1 + U64], "big"),
         )
         ix.delete_raw(LATER, key)
         counted = delayed_key(dsid)
         ix.set_counter(counted, ix.counter(counted) - 1)
         _enqueue(ix, entry)
         moved.append(entry)
-    ix.set_counter(WATERMARK, mark)
+    ix.set_counter(WATERMARK_KEY, mark)
     return moved
 
 
 def line_prefix(dsid: str) -> bytes:
     """The prefix of a datasource's ``ready`` entries: the front of each of its lines."""
-    return _ds(dsid)
+    return ds_key(dsid)
 
 
 def heads(dsid: str, ready: Iterable[tuple[bytes, bytes]]) -> list[Entry]:
@@ -226,13 +213,13 @@ def heads(dsid: str, ready: Iterable[tuple[bytes, bytes]]) -> list[Entry]:
 
 def peek(ix: Ordered, dsid: str) -> Entry | None:
     """The job the next take of a datasource gets, without taking it."""
-    found = ix.first_raw(READY, _ds(dsid))
+    found = ix.first_raw(READY, ds_key(dsid))
     return None if found is None else _ready_entry(dsid, *found)
 
 
 def take(ix: Ordered, dsid: str) -> Entry | None:
     """Remove and return the job the next take of a datasource gets, and rotate the clients."""
-    ds = _ds(dsid)
+    ds = ds_key(dsid)
     found = ix.first_raw(READY, ds)
     if found is None:
         return None
@@ -262,7 +249,7 @@ def take(ix: Ordered, dsid: str) -> Entry | None:
 
 def _ticket(ix: Ordered, line: bytes) -> int:
     """The next place at the back of a line (the line's counter)."""
-    key = LINE + line
+    key = LINE_PREFIX + line
     ticket = ix.counter(key) + 1
     ix.set_counter(key, ticket)
     return ticket
@@ -271,13 +258,13 @@ def _ticket(ix: Ordered, line: bytes) -> int:
 def _head(due: tuple[bytes, bytes], taken: int = 0) -> bytes:
     """A ``ready`` value: the seq and job id of the ``due`` entry at a client's head, and how
     many taken jobs the client has left in ``due`` (format 4 had no count: none)."""
-    return due[0][-_U64:] + due[1] + (b"\0" + bytes((taken,)) if taken else b"")
+    return due[0][-U64:] + due[1] + (b"\0" + bytes((taken,)) if taken else b"")
 
 
 def _split(value: bytes) -> tuple[bytes, int]:
     """A ``ready`` value's head (seq and job id) and how many taken jobs its client has left in
     ``due``."""
-    at = value.find(b"\0", _U64)
+    at = value.find(b"\0", U64)
     return (value, 0) if at < 0 else (value[:at], value[at + 1])
 
 
@@ -287,9 +274,9 @@ def _taken(value: bytes) -> int:
 
 def _ready_entry(dsid: str, key: bytes, value: bytes) -> Entry:
     at = len(dsid.encode()) + 1
-    client = key[at + 1 + _U64 :].decode()
-    seq = int.from_bytes(value[:_U64], "big")
-    job = _split(value)[0][_U64:].decode()
+    client = key[at + 1 + U64 :].decode()
+    seq = int.from_bytes(value[:U64], "big")
+    job = _split(value)[0][U64:].decode()
     return Entry(dsid, job, client, PRIORITY_MAX - key[at], seq)
 
 
@@ -309,7 +296,7 @@ def _line_place(ix: Ordered, ds: bytes, r: bytes, name: bytes) -> tuple[bytes, b
 
 def _enqueue(ix: Ordered, entry: Entry) -> None:
     ds, r, job, name = (
-        _ds(entry.dsid),
+        ds_key(entry.dsid),
         rank(entry.priority),
         entry.job.encode(),
         entry.client.encode(),
@@ -321,21 +308,21 @@ def _enqueue(ix: Ordered, entry: Entry) -> None:
         ticket = u64(_ticket(ix, ds + r))
         ix.put_raw(TURNS, ds + r + name, ticket)
         ix.put_raw(READY, ds + r + ticket + name, seq + job)
-    elif place[1][:_U64] > seq:  # older than its head (a delayed job fell due): the new head
+    elif place[1][:U64] > seq:  # older than its head (a delayed job fell due): the new head
         ix.delete_first(DUE, client, _taken(place[1]))  # taken entries may sort after it
         ix.put_raw(READY, place[0], seq + job)
     ix.put_raw(DUE, client + seq, job)
 
 
 def _dequeue(ix: Ordered, entry: Entry) -> None:
-    ds, r, name = _ds(entry.dsid), rank(entry.priority), entry.client.encode()
+    ds, r, name = ds_key(entry.dsid), rank(entry.priority), entry.client.encode()
     client = ds + r + name + b"\0"
     seq = u64(entry.seq)
     place = _line_place(ix, ds, r, name)
     if place is None:
         return
     ready, value = place
-    head = value[:_U64]
+    head = value[:U64]
     if seq < head or not ix.delete_raw(DUE, client + seq):
         return  # taken already (its entry waits to be collected), or not queued here
     if seq > head:
@@ -365,14 +352,14 @@ def audit(
     but the taken jobs' entries a client's ``ready`` value counts, all below its head.
     """
     problems: list[str] = []
-    mark = counters.get(WATERMARK, 0)
+    mark = counters.get(WATERMARK_KEY, 0)
     due, later = dict(entries[DUE]), dict(entries[LATER])
     heads: dict[bytes, tuple[bytes, bytes]] = {}  # ds rank client -> (seq, job) of its oldest
     delayed: dict[str, int] = {}
     for entry, not_before in queued:
-        ds, r, job = _ds(entry.dsid), rank(entry.priority), entry.job.encode()
+        ds, r, job = ds_key(entry.dsid), rank(entry.priority), entry.job.encode()
         name = f"{entry.dsid}/{entry.job}"
-        in_due = due.pop(_client_prefix(ds, r, entry.client) + u64(entry.seq), None) == job
+        in_due = due.pop(client_prefix(ds, r, entry.client) + u64(entry.seq), None) == job
         in_later = False
         if not_before is not None:
             value = rank(entry.priority) + u64(entry.seq) + entry.client.encode()
@@ -393,7 +380,7 @@ def audit(
     problems += [f"later entry {key!r} is no queued job's" for key in later]
     left: dict[bytes, list[bytes]] = {}  # ds rank client -> seqs of entries no queued job owns
     for key in due:
-        left.setdefault(key[: -_U64 - 1], []).append(key[-_U64:])
+        left.setdefault(key[: -U64 - 1], []).append(key[-U64:])
     ready = dict(entries[READY])
     turns = entries[TURNS]
     for turn, (seq, job) in heads.items():
@@ -414,8 +401,8 @@ def audit(
     stray = turns.keys() - heads.keys()
     problems += [f"turn entry {key!r} is of a client with no due job" for key in stray]
     for counted, number in counters.items():
-        if counted.startswith(DELAYED):
-            dsid = counted[len(DELAYED) : -1].decode()
+        if counted.startswith(DELAYED_PREFIX):
+            dsid = counted[len(DELAYED_PREFIX) : -1].decode()
             if number != delayed.pop(dsid, 0):
                 problems.append(
                     f"delayed count of {dsid} is {number}, the take order says otherwise"

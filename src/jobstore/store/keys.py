@@ -13,10 +13,11 @@ changes    dsid NUL seq                    job id, one entry per job at its last
 leases     lease_until dsid NUL job NUL    empty: accepted jobs by lease deadline
 done       updated dsid NUL job NUL        empty: terminal jobs by when they ended (retention)
 expiry     expires dsid NUL job NUL        empty: queued jobs with an ``expires``, by it
-due,       (see :mod:`jobstore.store.       the take order: priority, the line of clients,
-ready,     fairqueue`)                     due jobs and those not yet due (not a function
-turns,                                     of the record alone: kept by fairqueue)
-later
+due        dsid NUL rank client NUL seq    job id: a due queued job (take order, below)
+ready      dsid NUL rank ticket client     seq and job id of the client's oldest due job [NUL,
+                                           one byte: its taken jobs still in due]: the line
+turns      dsid NUL rank client            the client's ticket in that line
+later      not_before dsid NUL job NUL     rank seq client: a queued job not yet due
 meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, last seq per topic,
            b"cat", b"n:"dsid NUL[client    the hypercat items (a CBOR array), active job counts,
            NUL], b"s:"dsid NUL status NUL, job counts by status, the storage format (absent in
@@ -30,15 +31,16 @@ meta       b"seq", b"secret", b"t:"topic   change counter, notification secret, 
 The index entries of a record are a function of the record alone
 (:func:`entries`), so a write replaces exactly the old record's entries with the
 new one's; ``check`` rebuilds them with the same function. The take order's
-indexes also depend on the order jobs arrived in: :mod:`jobstore.store.fairqueue`
-keeps them, from :meth:`jobstore.store.txn.Txn.put`.
+indexes (``due``, ``ready``, ``turns``, ``later``; ``rank`` is one byte, 100 -
+priority, tickets are 8-byte big-endian) also depend on the order jobs arrived in:
+:mod:`jobstore.store.fairqueue` keeps them, from :meth:`jobstore.store.txn.Txn.put`,
+with the prefixes and builders below.
 """
 
 from __future__ import annotations
 
 from ..records import Job
 from ..states import QUEUED, TERMINAL
-from . import fairqueue
 
 FORMAT = 5  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
 SEQ_KEY = b"seq"
@@ -50,9 +52,14 @@ TOPIC_PREFIX = b"t:"  # then the topic name: the last seq published there
 COUNT_PREFIX = b"n:"  # then dsid NUL [client NUL]: unfinished jobs
 STATUS_PREFIX = b"s:"  # then dsid NUL status NUL: jobs in that status
 SETTINGS_PREFIX = b"q:"  # then dsid NUL: the datasource's queue settings
+WATERMARK_KEY = b"due-until"  # the time due jobs have been moved up to (take order)
+DELAYED_PREFIX = b"d:"  # then dsid NUL: a datasource's queued jobs not yet due
+LINE_PREFIX = b"l:"  # then dsid NUL rank: the last ticket given out in that line of clients
 
 INDEXES = ("clients", "changes", "queue", "leases", "done", "expiry")
-DATABASES = ("jobs", *INDEXES, *fairqueue.INDEXES, "meta")
+DUE, READY, TURNS, LATER = "due", "ready", "turns", "later"
+ORDER_INDEXES = (DUE, READY, TURNS, LATER)  # the take order's, kept by fairqueue
+DATABASES = ("jobs", *INDEXES, *ORDER_INDEXES, "meta")
 EMPTY_VALUED = frozenset({"leases", "done", "expiry"})  # the others hold the job id
 NO_ENTRIES = (None,) * len(INDEXES)
 U64 = 8
@@ -65,6 +72,26 @@ def u64(n: int) -> bytes:
 def name(*parts: str) -> bytes:
     """Key parts, each ended by NUL: ``name(dsid)`` prefixes a datasource's keys."""
     return "\0".join(parts).encode() + b"\0"
+
+
+def rank(priority: int) -> bytes:
+    """The one-byte sort key of a priority (-100 to 100): higher priorities sort first."""
+    return bytes((100 - priority,))
+
+
+def client_prefix(ds: bytes, r: bytes, client: str) -> bytes:
+    """The prefix of a client's ``due`` entries at rank ``r`` (``ds`` = ``name(dsid)``)."""
+    return ds + r + client.encode() + b"\0"
+
+
+def later_key(dsid: str, job: str, not_before: int) -> bytes:
+    """A job's ``later`` key: waiting until ``not_before``."""
+    return u64(not_before) + name(dsid, job)
+
+
+def delayed_key(dsid: str) -> bytes:
+    """The meta key of a datasource's count of queued jobs not yet due."""
+    return DELAYED_PREFIX + name(dsid)
 
 
 def record_key(dsid: str, job: str) -> bytes:

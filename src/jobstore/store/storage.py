@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._lmdb_raw import MapFull, StorageError, open_environment, refusing
+from ._lmdb_raw import MapFull, StorageError, open_environment, refuse_new_jobs, refusing
 from .cache import DEFAULT_CACHE_BYTES, RecordCache
 from .datadir import DATA_FILE, check_data_file, identity, make_data_dir
 from .formats import upgrade
@@ -36,6 +36,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "Txn",
+    "refuse_new_jobs",
 ]
 
 log = logging.getLogger(__name__)

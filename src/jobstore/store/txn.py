@@ -26,6 +26,7 @@ from .keys import (
     FORMAT,
     FORMAT_KEY,
     NO_ENTRIES,
+    READY,
     SEQ_KEY,
     STATUS_PREFIX,
     count_key,
@@ -172,7 +173,7 @@ class Txn(RawTxn):
 
     def due_heads(self, dsid: str) -> list[Job]:
         """Each client's next due job at each priority: the front of each of a datasource's lines."""
-        found = self.entries(fairqueue.READY, fairqueue.line_prefix(dsid))
+        found = self.entries(READY, fairqueue.line_prefix(dsid))
         return [self._must_get(dsid, entry.job) for entry in fairqueue.heads(dsid, found)]
 
     def active(self, dsid: str, client: str | None = None) -> int:
