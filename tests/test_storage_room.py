@@ -104,6 +104,25 @@ def test_fill_counts_pages_in_use_so_purging_clears_507_even_after_a_restart(
     assert store.submit("after-restart", 6000)[0] == 201
 
 
+def test_pages_in_use_are_counted_only_once_the_file_reaches_full_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store(tmp_path / "data", Limits(full_at=0.5), map_size=64 * KiB, max_map_size=2 << 20)
+    counted = 0
+    used = Storage.used
+
+    def counting(storage: Storage) -> int:
+        nonlocal counted
+        counted += 1
+        return used(storage)
+
+    monkeypatch.setattr(Storage, "used", counting)
+    assert store.submit("small")[0] == 201
+    assert counted == 0  # the file's end is far below half the ceiling: nothing to count
+    fill_until_refused(store, 6000)
+    assert counted > 0
+
+
 def test_a_batch_of_large_submits_grows_the_map_inside_the_batch(tmp_path: Path) -> None:
     store = Store(tmp_path / "data", map_size=64 * KiB, max_map_size=64 << 20)
     outcomes = store.batch([submit_request(f"big{i}", 40 * KiB) for i in range(40)])

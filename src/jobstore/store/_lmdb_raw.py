@@ -116,7 +116,9 @@ class RawTxn:
         # In a nested transaction: each counter's value before it first changed here (None:
         # unset), restored if the nested transaction is abandoned.
         self._undo: dict[bytes, int | None] | None = None if parent is None else {}
-        self.writes = 0  # puts and deletes made through this object, so a caller can tell it wrote
+        # Puts and deletes made through this object and its committed nested ones, so a caller
+        # can tell it wrote.
+        self.writes = 0
         self._cursors: dict[str, lmdb.Cursor] = {}
 
     def nested(self) -> Self:
@@ -141,6 +143,8 @@ class RawTxn:
             return
         with refusing():
             self._lmdb.commit()
+        if self._parent is not None:
+            self._parent.writes += self.writes  # what the child wrote is the parent's now
         outer = self._parent._undo if self._parent is not None else None
         if outer is not None:
             for key, value in undo.items():

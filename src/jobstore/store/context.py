@@ -58,20 +58,34 @@ def mono_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+# At most this much store time (ms) passes unsaved while a job holds a lease: the most a restart
+# can give back to a lease (docs/operations.md, "Clocks").
+SAVE_EVERY_MS = 1000
+
+
 class StoreClock:
     """The clock leases are measured on: ms that advance with a monotonic clock, never the wall's.
 
     A wall-clock step (NTP setting the time on a box with no RTC) must neither expire
-    a healthy lease nor keep a dead driver's. The reading is persisted with every
-    batch, and a restarted store resumes from the last one committed: the time the
-    store was down does not count, since no driver could renew a lease meanwhile;
-    each lease keeps what it had left.
+    a healthy lease nor keep a dead driver's. The reading is persisted (see
+    :meth:`save_due`), and a restarted store resumes from the last one committed: the
+    time the store was down does not count, since no driver could renew a lease
+    meanwhile; each lease keeps what it had left, give or take SAVE_EVERY_MS.
     """
 
     def __init__(self, start: int) -> None:
         self._start = start
         self._origin: int | None = None  # the first monotonic reading, taken as ``start``
         self.now = start
+        self.saved = start  # the reading last committed
+
+    def save_due(self, wrote: bool, leased: bool) -> bool:
+        """Whether a batch persists the reading: always when it ``wrote`` anything else (it
+        commits anyway, and its change counter's meta page is dirty), else only while a job
+        holds a lease (nothing else reads the saved clock) and the clock is SAVE_EVERY_MS past
+        the saved reading. A batch that writes nothing costs no commit: LMDB ends a write
+        transaction without dirty pages without writing or syncing."""
+        return wrote or (leased and self.now - self.saved >= SAVE_EVERY_MS)
 
     def read(self, mono: int) -> int:
         """The store time at monotonic reading ``mono`` (ms); it never goes back."""

@@ -179,7 +179,7 @@ class Engine:
         storage = shared.storage
         self.watch_data_dir(now)
         shared.clock.read(mono_ms() if mono is None else mono)
-        shared.full = storage.grow() >= shared.limits.full_at
+        shared.full = storage.grow(shared.limits.full_at)
         handled = list(requests)
         shared.handled += len(requests)
 
@@ -242,7 +242,6 @@ class Engine:
         shared = self.shared
         shared.events.clear()
         with shared.storage.write() as txn:
-            txn.set_clock(shared.clock.now)
             ctx = Context(shared, txn, now)  # every request's, but in a nested transaction
             expired, fell_due = [], Counter[str]()
             if not self.misplaced:
@@ -267,6 +266,11 @@ class Engine:
                 self._purge(txn, now)
             self.next_lease = txn.next_lease()
             self.next_timer = _next_timer(txn)
+            save = shared.clock.save_due(txn.writes > 0, self.next_lease is not None)
+            if save:
+                txn.set_clock(shared.clock.now)
+        if save:
+            shared.clock.saved = shared.clock.now
         return expired, outcomes
 
     def _purge(self, txn: Txn, now: int) -> None:

@@ -112,14 +112,19 @@ class Storage:
         """How much of the map's ceiling (``max_map_size``) the data uses, from 0 to 1."""
         return self.used() / self.max_map_size
 
-    def grow(self) -> float:
-        """Double the map (up to the ceiling) once its highest page is GROW_AT in; return
-        :meth:`fill`. Call with no transaction open."""
+    def grow(self, full_at: float) -> bool:
+        """Double the map (up to the ceiling) once its highest page is GROW_AT in; return whether
+        the data in use has reached ``full_at`` of the ceiling. Call with no transaction open.
+
+        Counting the pages in use (:meth:`used`) costs a read transaction and a stat per
+        database, so it is skipped while the file's end is below ``full_at``: no page past
+        the highest one is in use.
+        """
         info = self.env.info()
         size, end = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
         if size < self.max_map_size and end > size * GROW_AT:
             self.env.set_mapsize(min(size * 2, self.max_map_size))
-        return self.fill()
+        return end >= full_at * self.max_map_size and self.fill() >= full_at
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
