@@ -31,19 +31,27 @@ class Served:
     def __init__(self, tmp_path: Path, ctx: zmq.Context[Any]) -> None:
         self.ctx = ctx
         self.endpoints = {name: f"ipc://{tmp_path}/{name}" for name in ("req", "obs", "not")}
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "jobstore", "serve", "--data-dir", str(tmp_path / "d")),
-                *("--request-endpoint", self.endpoints["req"]),
-                *("--observe-endpoint", self.endpoints["obs"]),
-                *("--notify-endpoint", self.endpoints["not"]),
-                *("--max-frame", "131072", "--max-envelope", "4", "--max-batch", "64"),
-                *("--send-hwm", "8", "--recv-hwm", "8", "--socket-buffer", "65536"),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        self.log = tmp_path / "store.log"
+        with self.log.open("wb") as log:  # the store's log, shown if it does not start
+            self.proc = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "jobstore", "serve", "--data-dir", str(tmp_path / "d")),
+                    *("--request-endpoint", self.endpoints["req"]),
+                    *("--observe-endpoint", self.endpoints["obs"]),
+                    *("--notify-endpoint", self.endpoints["not"]),
+                    *("--max-frame", "131072", "--max-envelope", "4", "--max-batch", "64"),
+                    *("--send-hwm", "8", "--recv-hwm", "8", "--socket-buffer", "65536"),
+                ],
+                stderr=log,
+            )
         self.client = self.socket(zmq.DEALER, "req")
-        self.call("GET", "/stats")  # it is serving
+        self.client.send(encode_request("GET", "/stats", None, id="c"))
+        if not self.client.poll(20_000):
+            raise AssertionError(
+                f"the store did not answer within 20 s (exit code {self.proc.poll()}); its log:\n"
+                + self.log.read_text(errors="replace")[-4000:]
+            )
+        decode_reply(self.client.recv_multipart()[-1])
         self.baseline = self.peak()
 
     def socket(self, kind: int, name: str, **options: Any) -> zmq.Socket[Any]:
