@@ -93,7 +93,26 @@ def open_environment(path: Path, map_size: int, readonly: bool) -> lmdb.Environm
     return env
 
 
-def open_tables(env: lmdb.Environment, readonly: bool) -> tuple[dict[str, Place], bool]:
+class Tables:
+    """Each table's (database, key prefix), and what a transaction's hot path needs of them:
+    worked out once per layout, not per transaction."""
+
+    __slots__ = ("indexes", "meta", "places")
+
+    def __init__(self, places: dict[str, Place]) -> None:
+        self.places = places
+        self.meta = places["meta"][0]  # meta's keys have no prefix in any format
+        # (database, prefix, whether the value is the job id) in INDEXES order. Only a store
+        # opened read-only on older data lacks some: it never writes.
+        self.indexes = [
+            (db, prefix, table not in EMPTY_VALUED)
+            for table in INDEXES
+            if table in places
+            for db, prefix in (places[table],)
+        ]
+
+
+def open_tables(env: lmdb.Environment, readonly: bool) -> tuple[Tables, bool]:
     """Each table's (database, prefix), and whether the tables share databases (format 6 on).
 
     Data older than format 6 has a database named ``meta``, and one database per table.
@@ -114,7 +133,7 @@ def open_tables(env: lmdb.Environment, readonly: bool) -> tuple[dict[str, Place]
                 dbs[db] = env.open_db(db.encode(), create=not readonly)
         if db in dbs:
             places[table] = (dbs[db], prefix)
-    return places, not old
+    return Tables(places), not old
 
 
 def share_databases(txn: RawTxn) -> None:
@@ -143,7 +162,7 @@ def share_databases(txn: RawTxn) -> None:
             )
     for table in moved:
         raw.drop(old[table][0], delete=True)
-    txn.storage.places = new
+    txn.storage.tables = Tables(new)
     txn.rebind()
 
 
@@ -168,12 +187,8 @@ class RawTxn:
     def rebind(self) -> None:
         """Take each table's (database, prefix) from the storage: once when opened, and again
         after :func:`share_databases` moved them."""
-        places = self._places = self.storage.places
-        self._meta = places["meta"][0]  # meta's keys have no prefix in any format
-        # Only a store opened read-only on older data lacks some: it never writes.
-        self._indexes = [
-            (*places[table], table not in EMPTY_VALUED) for table in INDEXES if table in places
-        ]
+        tables = self.storage.tables
+        self._places, self._meta, self._indexes = tables.places, tables.meta, tables.indexes
         self._cursors: dict[str, tuple[lmdb.Cursor, bytes]] = {}
 
     def nested(self) -> Self:

@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ._lmdb_raw import (
     Database,
     MapFull,
+    Place,
     StorageError,
     open_environment,
     open_tables,
@@ -81,7 +82,7 @@ class Storage:
         self.max_map_size = max(max_map_size, 1 << 16)
         self.env = open_environment(self.path, min(map_size, self.max_map_size), readonly)
         # Each table's (database, key prefix), as the format on disk lays them out.
-        self.places, shared = open_tables(self.env, readonly)
+        self.tables, shared = open_tables(self.env, readonly)
         self._page_size = int(self.env.stat()["psize"])
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (identity(self.path), identity(self.path / DATA_FILE))
@@ -97,6 +98,11 @@ class Storage:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
             upgrade(txn)
+
+    @property
+    def places(self) -> dict[str, Place]:
+        """Each table's (database, key prefix)."""
+        return self.tables.places
 
     def backup(self, destination: str | os.PathLike[str]) -> None:
         """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
