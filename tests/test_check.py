@@ -57,30 +57,30 @@ def test_a_directory_with_scheduled_jobs_passes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "fragment"),
     [
-        (lambda t, db: t.delete(b"ds\0" + u64(3), db=db["queue"]), "queue index lacks"),
+        (lambda t: t.delete_raw("queue", b"ds\0" + u64(3)), "queue index lacks"),
         (
-            lambda t, db: t.put(b"ds\0c9\0" + u64(99), b"j9", db=db["clients"]),
+            lambda t: t.put_raw("clients", b"ds\0c9\0" + u64(99), b"j9"),
             "points at no record",
         ),
-        (lambda t, db: t.put(count_key("ds"), u64(42), db=db["meta"]), "job count"),
-        (lambda t, db: t.put(b"seq", u64(1), db=db["meta"]), "above the store counter"),
-        (lambda t, db: t.delete(b"ds\0j3\0", db=db["jobs"]), "points at no record"),
+        (lambda t: t.put_raw("meta", count_key("ds"), u64(42)), "job count"),
+        (lambda t: t.put_raw("meta", b"seq", u64(1)), "above the store counter"),
+        (lambda t: t.delete_raw("jobs", b"ds\0j3\0"), "points at no record"),
         (
-            lambda t, db: t.delete(b"ds\0d" + b"c1\0" + u64(4), db=db["due"]),
+            lambda t: t.delete_raw("due", b"ds\0d" + b"c1\0" + u64(4)),
             "ds/j3 is in neither due nor later",
         ),
-        (lambda t, db: t.drop(db["ready"], delete=False), "line entry for"),
-        (lambda t, db: t.put(b"ds\0dc7\0" + u64(77), b"j77", db=db["due"]), "no queued job's"),
-        (lambda t, db: t.put(b"ds\0dc7", u64(9), db=db["turns"]), "client with no due job"),
-        (lambda t, db: t.put(b"d:ds\0", u64(3), db=db["meta"]), "delayed count of ds is 3"),
+        (lambda t: t.delete_first("ready", b"", 1 << 20), "line entry for"),
+        (lambda t: t.put_raw("due", b"ds\0dc7\0" + u64(77), b"j77"), "no queued job's"),
+        (lambda t: t.put_raw("turns", b"ds\0dc7", u64(9)), "client with no due job"),
+        (lambda t: t.put_raw("meta", b"d:ds\0", u64(3)), "delayed count of ds is 3"),
     ],
 )
 def test_damage_is_found_and_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object, fragment: str
 ) -> None:
     storage = populate(tmp_path / "data")
-    with storage.env.begin(write=True) as txn:
-        damage(txn, storage.dbs)  # type: ignore[operator]
+    with storage.write() as txn:
+        damage(txn)  # type: ignore[operator]
     storage.close()
     assert main(["check", str(tmp_path / "data")]) == EXIT_FAILED
     assert fragment in capsys.readouterr().out

@@ -15,6 +15,8 @@ from jobstore.store.keys import CLOCK_KEY, FORMAT, FORMAT_KEY, SEQ_KEY, u64
 from jobstore.store.operations import Service
 from jobstore.store.storage import Storage
 
+from .old_layout import as_old_layout
+
 JOB = Job(
     "ds",
     "j1",
@@ -49,11 +51,8 @@ def _old_store(path: Path, jobs: list[Job], old_format: int) -> None:
             txn.put_raw("jobs", f"ds\0{job.job}\0".encode(), old)
         txn.set_counter(SEQ_KEY, max(job.seq for job in jobs))
         txn.delete_raw("meta", CLOCK_KEY)
-        if old_format == 1:
-            txn.delete_raw("meta", FORMAT_KEY)
-        else:
-            txn.put_raw("meta", FORMAT_KEY, u64(old_format))
     storage.close()
+    as_old_layout(path, None if old_format == 1 else old_format, without=keys.ORDER_INDEXES)
 
 
 def _format_1_store(path: Path) -> None:
@@ -94,7 +93,7 @@ def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: 
         check(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert txn.format() == FORMAT == 5
+        assert txn.format() == FORMAT == 6
         assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
         upgraded = txn.get("ds", "live")
         assert upgraded is not None
@@ -119,12 +118,8 @@ def test_opening_a_format_3_store_puts_its_queued_jobs_in_the_take_order(tmp_pat
         body = {"job": f"{client}{n}", "client": client, "request": n}
         assert service.handle(Request("POST", "/ds/job/", body=body), 1000).reply.status == 201  # type: ignore[union-attr]
     service.handle(Request("POST", "/server/ds/job/take", body={}), 1000)  # a0: accepted
-    storage = service.storage
-    with storage.env.begin(write=True) as raw:
-        for db in keys.ORDER_INDEXES:
-            raw.drop(storage.dbs[db], delete=True)
-        raw.put(FORMAT_KEY, u64(3), db=storage.dbs["meta"])
-    storage.close()
+    service.storage.close()
+    as_old_layout(tmp_path, 3, without=keys.ORDER_INDEXES)
     with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
         check(tmp_path)
 
@@ -149,16 +144,14 @@ def test_opening_a_format_4_store_keeps_its_take_order(tmp_path: Path) -> None:
         assert service.handle(Request("POST", "/ds/job/", body=body), 1000).reply.status == 201  # type: ignore[union-attr]
     cancel = {"job": "a0", "client": "a"}
     assert service.handle(Request("POST", "/ds/job/cancel", body=cancel), 1000).reply.status == 200  # type: ignore[union-attr]
-    storage = service.storage
-    with storage.env.begin(write=True) as raw:
-        raw.put(FORMAT_KEY, u64(4), db=storage.dbs["meta"])
-    storage.close()
+    service.storage.close()
+    as_old_layout(tmp_path, 4)
     with pytest.raises(ConfigError, match="run `jobstore serve` on it once to upgrade it"):
         check(tmp_path)
 
     service = Service(Storage(tmp_path))
     with service.storage.read() as txn:
-        assert txn.format() == FORMAT == 5
+        assert txn.format() == FORMAT == 6
     take = Request("POST", "/server/ds/job/take", body={"max": 10})
     taken = service.handle(take, 2000).reply.body["jobs"]  # type: ignore[union-attr]
     assert [job["job"] for job in taken] == ["b2", "a1", "b3", "c4", "c5"]  # c4 fell due: older

@@ -267,8 +267,8 @@ def test_an_index_entry_of_a_missing_record_is_a_500_naming_it_and_the_store_goe
     store = Store(tmp_path / "data")
     for job in ("lost", "kept"):
         assert store.submit(job)[0] == 201
-    with store.storage.env.begin(write=True) as txn:
-        txn.delete(b"ds\0lost\0", db=store.storage.dbs["jobs"])
+    with store.storage.write() as txn:
+        txn.delete_raw("jobs", b"ds\0lost\0")
     store.storage.cache.decoded.clear()
     status, _, error = store.call("POST", "/server/ds/job/take", {"max": 2})
     assert status == 500 and "internal error" in error

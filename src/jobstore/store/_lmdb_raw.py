@@ -1,6 +1,9 @@
 """Raw LMDB access under :mod:`jobstore.store.storage`: the one module that imports lmdb.
 
-It opens the environment and its databases, runs transactions (nested ones too),
+It opens the environment and its databases, maps each table of
+:mod:`jobstore.store.keys` to its database and key prefix (the format on disk decides:
+:data:`~jobstore.store.keys.PLACES` or, for data older than format 6,
+:data:`~jobstore.store.keys.OLD_PLACES`), runs transactions (nested ones too),
 keeps the meta counters a transaction sets in memory until it commits, and turns
 LMDB's errors into jobstore's (:class:`MapFull`, :class:`StorageError`) in one
 place, :func:`refuse`. What the keys and values mean is for
@@ -23,13 +26,14 @@ from typing import TYPE_CHECKING, NoReturn, Self
 import lmdb
 
 from ..errors import ConfigError, JobstoreError, StorageFull
-from .keys import DATABASES, EMPTY_VALUED, INDEXES, u64
+from .keys import EMPTY_VALUED, INDEXES, OLD_PLACES, PLACES, u64
 
 if TYPE_CHECKING:
     from .storage import Storage
 
 Transaction = lmdb.Transaction
 Database = lmdb._Database
+Place = tuple[Database, bytes]  # a table's database and the prefix of its keys there
 
 
 class MapFull(StorageFull):
@@ -68,10 +72,8 @@ def refusing() -> Iterator[None]:
         refuse(exc)
 
 
-def open_environment(
-    path: Path, map_size: int, readonly: bool
-) -> tuple[lmdb.Environment, dict[str, Database]]:
-    """The LMDB environment of a data directory and its named databases."""
+def open_environment(path: Path, map_size: int, readonly: bool) -> lmdb.Environment:
+    """The LMDB environment of a data directory."""
     try:
         env = lmdb.open(
             str(path),
@@ -88,13 +90,80 @@ def open_environment(
             f"cannot open the data directory {path}: {reason}; it must be a directory "
             "this user can read and write"
         ) from None
-    dbs = {}
-    for db in DATABASES:
-        # Read-only on data an older jobstore wrote, a newer database is missing: its upgrade
-        # adds it, and a read-only store never writes.
-        with contextlib.suppress(lmdb.NotFoundError):
-            dbs[db] = env.open_db(db.encode(), create=not readonly)
-    return env, dbs
+    return env
+
+
+class Tables:
+    """Each table's (database, key prefix), and what a transaction's hot path needs of them:
+    worked out once per layout, not per transaction."""
+
+    __slots__ = ("indexes", "meta", "places")
+
+    def __init__(self, places: dict[str, Place]) -> None:
+        self.places = places
+        self.meta = places["meta"][0]  # meta's keys have no prefix in any format
+        # (database, prefix, whether the value is the job id) in INDEXES order. Only a store
+        # opened read-only on older data lacks some: it never writes.
+        self.indexes = [
+            (db, prefix, table not in EMPTY_VALUED)
+            for table in INDEXES
+            if table in places
+            for db, prefix in (places[table],)
+        ]
+
+
+def open_tables(env: lmdb.Environment, readonly: bool) -> tuple[Tables, bool]:
+    """Each table's (database, prefix), and whether the tables share databases (format 6 on).
+
+    Data older than format 6 has a database named ``meta``, and one database per table.
+    """
+    try:
+        env.open_db(b"meta", create=False)
+    except lmdb.NotFoundError:
+        old = False
+    else:
+        old = True
+    dbs: dict[str, Database] = {}
+    places = {}
+    for table, (db, prefix) in (OLD_PLACES if old else PLACES).items():
+        if db not in dbs:
+            # Read-only on data an older jobstore wrote, a newer database is missing: its
+            # upgrade adds it, and a read-only store never writes.
+            with contextlib.suppress(lmdb.NotFoundError):
+                dbs[db] = env.open_db(db.encode(), create=not readonly)
+        if db in dbs:
+            places[table] = (dbs[db], prefix)
+    return Tables(places), not old
+
+
+def share_databases(txn: RawTxn) -> None:
+    """Move every table but ``jobs`` from a database of its own (formats 1 to 5) into format 6's
+    shared databases under its key prefix, and drop the old databases, all in ``txn``."""
+    env, raw, old = txn.storage.env, txn._lmdb, txn.storage.places
+    dbs = {db: env.open_db(db.encode(), txn=raw, create=True) for db, _ in PLACES.values()}
+    new = {table: (dbs[db], prefix) for table, (db, prefix) in PLACES.items()}
+    moved = [table for table, (db, _) in PLACES.items() if db != table and table in old]
+    # Each table's keys in its new database, in key order: tables in the order of their first
+    # keys, so every put appends (full pages, and a collision shows as a refused append).
+    firsts = {}
+    for table in moved:
+        cursor = raw.cursor(db=old[table][0])
+        if cursor.first():
+            firsts[table] = new[table][1] + bytes(cursor.key())
+    for table in sorted(firsts, key=firsts.__getitem__):
+        db, prefix = new[table]
+        source = raw.cursor(db=old[table][0])
+        items = ((prefix + key, value) for key, value in source.iternext())
+        consumed, added = raw.cursor(db=db).putmulti(items, append=True)
+        if added != consumed:
+            raise RuntimeError(
+                f"the {table} table's keys collide with another table's in the database "
+                f"{PLACES[table][0]}: this data cannot be upgraded; report it with a backup"
+            )
+    for table in moved:
+        raw.drop(old[table][0], delete=True)
+    txn.storage.tables = Tables(new)
+    txn.rebind()
 
 
 class RawTxn:
@@ -103,12 +172,7 @@ class RawTxn:
     def __init__(self, storage: Storage, txn: Transaction, parent: Self | None = None) -> None:
         self.storage = storage
         self._lmdb = txn
-        self._dbs = storage.dbs
-        self._meta = storage.dbs["meta"]
-        # Only a store opened read-only on older data lacks some: it never writes.
-        self._indexes = [
-            (storage.dbs[db], db not in EMPTY_VALUED) for db in INDEXES if db in storage.dbs
-        ]
+        self.rebind()
         self._parent = parent
         # The counters set in the whole write transaction, not yet put (see the module
         # docstring); one dict shared by a transaction and its nested ones.
@@ -119,7 +183,13 @@ class RawTxn:
         # Puts and deletes made through this object and its committed nested ones, so a caller
         # can tell it wrote.
         self.writes = 0
-        self._cursors: dict[str, lmdb.Cursor] = {}
+
+    def rebind(self) -> None:
+        """Take each table's (database, prefix) from the storage: once when opened, and again
+        after :func:`share_databases` moved them."""
+        tables = self.storage.tables
+        self._places, self._meta, self._indexes = tables.places, tables.meta, tables.indexes
+        self._cursors: dict[str, tuple[lmdb.Cursor, bytes]] = {}
 
     def nested(self) -> Self:
         """A child transaction, for ``with``: its writes land in this one only if the block succeeds."""
@@ -183,55 +253,76 @@ class RawTxn:
     def set_meta(self, key: bytes, value: bytes) -> None:
         self.put_raw("meta", key, value)
 
-    def count(self, db: str) -> int:
-        """How many entries a database holds (read from its record: no scan)."""
-        return int(self._lmdb.stat(self._dbs[db])["entries"])
+    def records(self) -> int:
+        """How many job records the store holds: ``jobs`` has its database to itself in every
+        format, so the database's record says (no scan)."""
+        return int(self._lmdb.stat(self._places["jobs"][0])["entries"])
 
-    def entries(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of a database's entries whose key starts with ``prefix``, in key order."""
-        cursor = self._lmdb.cursor(db=self._dbs[db])
-        if not cursor.set_range(prefix):
+    # Tables are named as in keys.PLACES; each accessor below adds the table's key prefix, and
+    # cuts it off the keys it returns.
+
+    def entries(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) of a table's entries whose key starts with ``prefix``, in key order.
+
+        From format 6 meta shares its database with the small indexes: scan it by a key prefix
+        (b"" would yield their entries too).
+        """
+        db, own = self._places[table]
+        start, cut = own + prefix, len(own)
+        cursor = self._lmdb.cursor(db=db)
+        if not cursor.set_range(start):
             return
         for key, value in cursor:
             key = bytes(key)
-            if not key.startswith(prefix):
+            if not key.startswith(start):
                 return
-            yield key, bytes(value)
+            yield key[cut:], bytes(value)
 
-    def put_raw(self, db: str, key: bytes, value: bytes) -> None:
+    def put_raw(self, table: str, key: bytes, value: bytes) -> None:
         """Put one entry as is (format upgrades, and tests that fabricate old data)."""
         self.writes += 1
+        db, own = self._places[table]
         try:
-            self._lmdb.put(key, value, db=self._dbs[db])
+            self._lmdb.put(own + key, value, db=db)
         except lmdb.Error as exc:
             refuse(exc)
 
-    def delete_raw(self, db: str, key: bytes) -> bool:
+    def delete_raw(self, table: str, key: bytes) -> bool:
         """Delete one entry; False when there was none."""
         self.writes += 1
+        db, own = self._places[table]
         try:
-            return bool(self._lmdb.delete(key, db=self._dbs[db]))
+            return bool(self._lmdb.delete(own + key, db=db))
         except lmdb.Error as exc:
             refuse(exc)
 
-    def get_raw(self, db: str, key: bytes) -> bytes | None:
-        value = self._lmdb.get(key, db=self._dbs[db])
+    def get_raw(self, table: str, key: bytes) -> bytes | None:
+        db, own = self._places[table]
+        value = self._lmdb.get(own + key, db=db)
         return None if value is None else bytes(value)
 
-    def first_raw(self, db: str, prefix: bytes, start: bytes = b"") -> tuple[bytes, bytes] | None:
-        """The first entry of a database whose key starts with ``prefix`` (and is not below ``start``)."""
-        cursor = self._cursors.get(db)
-        if cursor is None:  # one per database and transaction: a take looks up several times
-            cursor = self._cursors[db] = self._lmdb.cursor(db=self._dbs[db])
-        if not cursor.set_range(max(prefix, start)):
+    def first_raw(
+        self, table: str, prefix: bytes, start: bytes = b""
+    ) -> tuple[bytes, bytes] | None:
+        """The first entry of a table whose key starts with ``prefix`` (and is not below ``start``)."""
+        found = self._cursors.get(table)
+        if found is None:  # one per table and transaction: a take looks up several times
+            db, own = self._places[table]
+            found = self._cursors[table] = (self._lmdb.cursor(db=db), own)
+        cursor, own = found
+        if not cursor.set_range(own + max(prefix, start)):
             return None
         key = bytes(cursor.key())
-        return (key, bytes(cursor.value())) if key.startswith(prefix) else None
+        if not key.startswith(own + prefix):
+            return None
+        return key[len(own) :], bytes(cursor.value())
 
-    def delete_first(self, db: str, prefix: bytes, count: int) -> None:
+    def delete_first(self, table: str, prefix: bytes, count: int) -> None:
         """Delete the ``count`` lowest entries whose key starts with ``prefix`` (fewer if fewer)."""
         self.writes += 1
-        cursor = self._lmdb.cursor(db=self._dbs[db])
+        db, own = self._places[table]
+        prefix = own + prefix
+        cursor = self._lmdb.cursor(db=db)
         try:
             found = count > 0 and cursor.set_range(prefix)
             for _ in range(count):
@@ -253,19 +344,22 @@ class RawTxn:
         (:data:`jobstore.store.keys.INDEXES` order, None where it has none)."""
         txn = self._lmdb
         try:
-            for (db, valued), before, after in zip(self._indexes, was, now, strict=True):
+            for (db, own, valued), before, after in zip(self._indexes, was, now, strict=True):
                 if before != after:
                     if before is not None:
-                        txn.delete(before, db=db)
+                        txn.delete(own + before, db=db)
                     if after is not None:
-                        txn.put(after, job_id if valued else b"", db=db)
-            txn.put(key, value, db=self._dbs["jobs"])
+                        txn.put(own + after, job_id if valued else b"", db=db)
+            jobs, own = self._places["jobs"]
+            txn.put(own + key, value, db=jobs)
         except lmdb.Error as exc:
             refuse(exc)
 
-    def _scan(self, db: str, prefix: bytes, after: int = 0) -> Iterator[tuple[int, str]]:
+    def _scan(self, table: str, prefix: bytes, after: int = 0) -> Iterator[tuple[int, str]]:
         """(seq, job id) of the entries under ``prefix`` with seq > ``after``, in seq order."""
-        cursor = self._lmdb.cursor(db=self._dbs[db])
+        db, own = self._places[table]
+        prefix = own + prefix
+        cursor = self._lmdb.cursor(db=db)
         if not cursor.set_range(prefix + u64(after + 1)):
             return
         for key, value in cursor:
@@ -273,9 +367,12 @@ class RawTxn:
                 return
             yield int.from_bytes(key[len(prefix) :], "big"), bytes(value).decode()
 
-    def _timed_keys(self, db: str) -> Iterator[bytes]:
+    def _timed_keys(self, table: str) -> Iterator[bytes]:
         """The keys of a ``leases``, ``done`` or ``expiry`` index, earliest time first."""
-        cursor = self._lmdb.cursor(db=self._dbs[db])
-        if cursor.first():
+        db, own = self._places[table]
+        cursor, cut = self._lmdb.cursor(db=db), len(own)
+        if cursor.set_range(own):
             for key in cursor.iternext(values=False):
-                yield bytes(key)
+                if not bytes(key).startswith(own):
+                    return
+                yield bytes(key[cut:])

@@ -19,6 +19,7 @@ from .keys import (
     EMPTY_VALUED,
     FORMAT,
     INDEXES,
+    META_PREFIXES,
     ORDER_INDEXES,
     SEQ_KEY,
     STATUS_PREFIX,
@@ -41,11 +42,12 @@ def check(path: str | Path) -> tuple[int, list[str]]:
     storage = Storage(path, readonly=True)
     try:
         with storage.read() as txn:
-            if txn.format() != FORMAT:
+            # Format 5 differs from 6 only in where the tables are, which the storage reads.
+            if txn.format() not in (FORMAT - 1, FORMAT):
                 raise ConfigError(
                     f"the data in {path} is in storage format {txn.format()}, and this jobstore "
-                    f"checks format {FORMAT}: run `jobstore serve` on it once to upgrade it, "
-                    "then check again"
+                    f"checks formats {FORMAT - 1} and {FORMAT}: run `jobstore serve` on it once "
+                    "to upgrade it, then check again"
                 )
             return _check(txn)
     finally:
@@ -110,7 +112,8 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
             f"{db} index entry {k!r} points at no record that owns it"
             for k in found.keys() - wanted.keys()
         ]
-    for key, value in txn.entries("meta"):
+    meta = [entry for prefix in META_PREFIXES for entry in txn.entries("meta", prefix)]
+    for key, value in meta:
         if key.startswith((COUNT_PREFIX, STATUS_PREFIX)) and int.from_bytes(
             value, "big"
         ) != active.pop(key, 0):
@@ -125,7 +128,7 @@ def _check(txn: Txn) -> tuple[int, list[str]]:
     order = {db: dict(txn.entries(db)) for db in ORDER_INDEXES}
     counters = {
         key: int.from_bytes(value, "big")
-        for key, value in txn.entries("meta")
+        for key, value in meta
         if key.startswith(DELAYED_PREFIX) or key == WATERMARK_KEY
     }
     problems += fairqueue.audit(order, counters, queued)

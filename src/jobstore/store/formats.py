@@ -9,6 +9,11 @@ default priority and no due time, so all are due). Format 5 lets a take leave
 its job's entry in ``due`` for a later range delete, counted in the client's
 ``ready`` value: format 4 data reads the same (no count is none), so its upgrade
 only records the new format, which keeps an older jobstore from reading it.
+Format 6 keeps the twelve tables in three databases instead of one each
+(:data:`jobstore.store.keys.PLACES`), so a commit writes fewer pages: the upgrade
+copies each table under its key prefix and drops the old databases, in the same
+transaction as the steps before it (the storage grows the map for the copy first,
+or refuses with the size it needs).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from .. import records
 from ..errors import ConfigError
 from . import fairqueue
+from ._lmdb_raw import share_databases
 from .keys import FORMAT, FORMAT_KEY, dsid_of, timed_key, u64
 from .txn import Txn, queue_entry
 
@@ -39,6 +45,8 @@ def upgrade(txn: Txn, wall_now: int | None = None) -> None:
         _rewrite(txn, found, time.time_ns() // 1_000_000 if wall_now is None else wall_now)
     if found < 4:
         _order(txn)
+    if found < 6:
+        share_databases(txn)
     txn.set_meta(FORMAT_KEY, u64(FORMAT))
 
 

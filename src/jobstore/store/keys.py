@@ -3,8 +3,16 @@
 Names never contain NUL, so NUL separates key parts; seq and times are 8-byte
 big-endian so keys sort numerically.
 
+The store speaks of twelve logical tables (the rows below). Since format 6 they live in
+three LMDB databases (:data:`PLACES`), because a commit copies the root-to-leaf path of
+every database it touches: ``jobs`` alone; ``log`` holds ``clients``, ``changes`` and
+``done``; ``hot`` holds ``meta`` and the seven small indexes. Each table's keys start with
+its one-byte prefix in its database, except meta's, which start with a lower-case letter
+and so never meet the indexes' upper-case prefixes. Formats 1 to 5 kept one database per
+table, named after it, with no prefix (:data:`OLD_PLACES`).
+
 =========  ==============================  =====================================
-database   key                             value
+table      key                             value
 =========  ==============================  =====================================
 jobs       dsid NUL job NUL                record (:func:`jobstore.records.dump`)
 queue      dsid NUL seq                    job id of a submitted/retrying job
@@ -42,7 +50,8 @@ from __future__ import annotations
 from ..records import Job
 from ..states import QUEUED, TERMINAL
 
-FORMAT = 5  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+FORMAT = 6  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+SHARED_FORMAT = 6  # the first format with the three shared databases (:data:`PLACES`)
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
@@ -55,11 +64,42 @@ SETTINGS_PREFIX = b"q:"  # then dsid NUL: the datasource's queue settings
 WATERMARK_KEY = b"due-until"  # the time due jobs have been moved up to (take order)
 DELAYED_PREFIX = b"d:"  # then dsid NUL: a datasource's queued jobs not yet due
 LINE_PREFIX = b"l:"  # then dsid NUL rank: the last ticket given out in that line of clients
+# Every meta key is one of these or starts with one: all start with a lower-case letter.
+META_PREFIXES = (
+    SEQ_KEY,
+    SECRET_KEY,
+    CATALOGUE_KEY,
+    FORMAT_KEY,
+    CLOCK_KEY,
+    WATERMARK_KEY,
+    TOPIC_PREFIX,
+    COUNT_PREFIX,
+    STATUS_PREFIX,
+    SETTINGS_PREFIX,
+    DELAYED_PREFIX,
+    LINE_PREFIX,
+)
 
 INDEXES = ("clients", "changes", "queue", "leases", "done", "expiry")
 DUE, READY, TURNS, LATER = "due", "ready", "turns", "later"
 ORDER_INDEXES = (DUE, READY, TURNS, LATER)  # the take order's, kept by fairqueue
-DATABASES = ("jobs", *INDEXES, *ORDER_INDEXES, "meta")
+TABLES = ("jobs", *INDEXES, *ORDER_INDEXES, "meta")
+# table -> (LMDB database, key prefix), from format 6 on.
+PLACES = {
+    "jobs": ("jobs", b""),
+    "clients": ("log", b"C"),
+    "changes": ("log", b"S"),
+    "done": ("log", b"D"),
+    "meta": ("hot", b""),  # its keys start with a lower-case letter: below the prefixes
+    "queue": ("hot", b"Q"),
+    "leases": ("hot", b"L"),
+    "expiry": ("hot", b"E"),
+    DUE: ("hot", b"D"),
+    READY: ("hot", b"R"),
+    TURNS: ("hot", b"T"),
+    LATER: ("hot", b"N"),
+}
+OLD_PLACES = {table: (table, b"") for table in TABLES}  # formats 1 to 5
 EMPTY_VALUED = frozenset({"leases", "done", "expiry"})  # the others hold the job id
 NO_ENTRIES = (None,) * len(INDEXES)
 U64 = 8

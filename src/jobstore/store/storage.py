@@ -7,9 +7,9 @@ imports lmdb); the databases and their keys are laid out in
 :mod:`jobstore.store.keys`. LMDB's errors leave it as jobstore's own
 (:class:`MapFull`, :class:`StorageError`).
 
-Format 3 added the lease a job was taken with to a record's prefix and moved
-lease deadlines from the wall clock to the store clock; formats 1 and 2 are
-upgraded in place on open (:mod:`jobstore.store.formats`).
+Older storage formats are upgraded in place when a store opens them writable
+(:mod:`jobstore.store.formats`); read-only (``check``, ``backup``) they are read as
+they are, format 5's tables in databases of their own.
 """
 
 from __future__ import annotations
@@ -17,15 +17,26 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from ._lmdb_raw import MapFull, StorageError, open_environment, refuse_new_jobs, refusing
+from ..errors import ConfigError
+from ._lmdb_raw import (
+    Database,
+    MapFull,
+    Place,
+    StorageError,
+    open_environment,
+    open_tables,
+    refuse_new_jobs,
+    refusing,
+)
 from .cache import DEFAULT_CACHE_BYTES, RecordCache
 from .datadir import DATA_FILE, check_data_file, identity, make_data_dir
 from .formats import upgrade
-from .keys import SECRET_KEY
+from .keys import FORMAT, PLACES, SECRET_KEY
 from .txn import Txn
 
 __all__ = [
@@ -69,7 +80,9 @@ class Storage:
             make_data_dir(self.path)
         check_data_file(self.path)
         self.max_map_size = max(max_map_size, 1 << 16)
-        self.env, self.dbs = open_environment(self.path, min(map_size, self.max_map_size), readonly)
+        self.env = open_environment(self.path, min(map_size, self.max_map_size), readonly)
+        # Each table's (database, key prefix), as the format on disk lays them out.
+        self.tables, shared = open_tables(self.env, readonly)
         self._page_size = int(self.env.stat()["psize"])
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (identity(self.path), identity(self.path / DATA_FILE))
@@ -78,11 +91,18 @@ class Storage:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
             return
+        if not shared:
+            self._make_room_to_share()
         with self.write() as txn:
             if txn.meta(SECRET_KEY) is None:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
             upgrade(txn)
+
+    @property
+    def places(self) -> dict[str, Place]:
+        """Each table's (database, key prefix)."""
+        return self.tables.places
 
     def backup(self, destination: str | os.PathLike[str]) -> None:
         """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
@@ -101,12 +121,32 @@ class Storage:
         record: no scan), the main database's, and the two meta pages; the free
         list's own few pages are left out.
         """
+        databases = dict.fromkeys(db for db, _ in self.places.values())  # each one once
+        return (2 + _pages(self.env.stat()) + self._pages(databases)) * self._page_size
+
+    def _pages(self, databases: Iterable[Database]) -> int:
+        """The branch, leaf and overflow pages of these databases."""
         with self.env.begin() as txn:
-            pages = 2 + sum(
-                int(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"])
-                for s in (self.env.stat(), *(txn.stat(db) for db in self.dbs.values()))
+            return sum(_pages(txn.stat(db)) for db in databases)
+
+    def _make_room_to_share(self) -> None:
+        """Grow the map so that the upgrade to format 6 fits, or refuse it: until it commits,
+        the tables it moves are stored twice (their new pages are filled, so at most as
+        many), besides the free list of their old pages and the new branch pages."""
+        moved = self._pages(
+            db for table, (db, _) in self.places.items() if PLACES[table][0] != table
+        )
+        end = int(self.env.info()["last_pgno"]) + 1
+        needed = (end + moved + moved // 8 + 64) * self._page_size
+        if needed > self.max_map_size:
+            raise ConfigError(
+                f"upgrading the data in {self.path} to storage format {FORMAT} copies its "
+                f"indexes ({moved * self._page_size} bytes) before it frees the old copies, so "
+                f"it needs a map of {needed} bytes, above --max-map-size "
+                f"({self.max_map_size}): raise --max-map-size to at least {needed}"
             )
-        return pages * self._page_size
+        if needed > self.map_size():
+            self.env.set_mapsize(needed)
 
     def fill(self) -> float:
         """How much of the map's ceiling (``max_map_size``) the data uses, from 0 to 1."""
@@ -169,3 +209,7 @@ class Storage:
     def read(self) -> Iterator[Txn]:
         with self.env.begin() as txn:
             yield Txn(self, txn)
+
+
+def _pages(stat: Mapping[str, Any]) -> int:
+    return int(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])

@@ -167,10 +167,6 @@ class Txn(RawTxn):
                 names.append(dsid)
         return names
 
-    def records(self) -> int:
-        """How many job records the store holds."""
-        return self.count("jobs")
-
     def due_heads(self, dsid: str) -> list[Job]:
         """Each client's next due job at each priority: the front of each of a datasource's lines."""
         found = self.entries(READY, fairqueue.line_prefix(dsid))
