@@ -18,6 +18,7 @@ import zmq
 from jobstore.client import Driver, JobClient
 from jobstore.errors import RequestFailed, Timeout
 from jobstore.store.auth import Authoriser
+from jobstore.store.operations import Limits
 
 from ..conftest import Clocks, RunningStore, StoreFactory
 from ..test_databox import IDENTITY, PUBLIC_KEY, SECRET_KEY, TOKEN_SECRET, app_token, token
@@ -62,6 +63,22 @@ def test_jobs_iterates_every_page(store: RunningStore) -> None:
             ids = [(app.submit(i, job=f"j{i:03}"))["job"] for i in range(250)]
             assert [r["job"] for r in app.jobs()] == ids
             assert [r["job"] for r in app.jobs(since=200)] == ids[200:]
+
+    run(main())
+
+
+def test_jobs_and_page_follow_next_past_pages_cut_short_by_the_byte_cap(
+    start_store: StoreFactory,
+) -> None:
+    store = start_store(Limits(page_bytes=10_000))
+
+    def main() -> None:
+        with client(store) as app, driver(store) as drv:
+            ids = [(app.submit("x" * 3000, job=f"j{i:02}"))["job"] for i in range(20)]
+            page, after = app.page(limit=1000)
+            assert 0 < len(page) < len(ids) and after == page[-1]["seq"]
+            assert [r["job"] for r in app.jobs()] == ids
+            assert [r["job"] for r in drv.jobs(limit=1000)] == ids
 
     run(main())
 

@@ -160,7 +160,8 @@ def list_jobs(
     ctx: Context, request: Request, dsid: str, client: str | None, body: dict[str, Any]
 ) -> Outcome:
     """A page of the datasource's jobs (one client's when ``client`` is set) by seq, after the
-    token is checked; ``body`` may give since, limit and status."""
+    token is checked; ``body`` may give since, limit and status. The page ends at ``limit``
+    jobs, SCAN_LIMIT changes scanned, or once its records reach ``page_bytes``."""
     ctx.authorise(request, client=client)
     limits = ctx.limits
     since = int_field(body, "since", 0, 0, 2**63)
@@ -169,13 +170,14 @@ def list_jobs(
     if status is not None:
         status = status_name(status)
     jobs: list[dict[str, Any]] = []
-    last, scanned = since, 0
-    for seq, job in ctx.txn.changed_since(dsid, client, since):
-        if len(jobs) == limit or scanned == SCAN_LIMIT:
+    last, scanned, size = since, 0, 0
+    for seq, job, encoded in ctx.txn.changed_since(dsid, client, since):
+        if len(jobs) == limit or scanned == SCAN_LIMIT or size >= limits.page_bytes:
             return Outcome(ok_reply(request, {"jobs": jobs, "next": last}))
         scanned, last = scanned + 1, seq
         if status is None or job.status is status:
             jobs.append(job.wire())
+            size += encoded
     return Outcome(ok_reply(request, {"jobs": jobs, "next": None}))
 
 

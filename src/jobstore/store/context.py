@@ -45,6 +45,10 @@ class Limits:
     max_wait_ms: int = 300_000
     page_size: int = 100
     max_page_size: int = 1000
+    # A listing page stops once its records' encoding reaches this many bytes (it always holds
+    # one): a record may be ~3 max frames (request, response, progress), so limit alone is not a
+    # bound.
+    page_bytes: int = 4 << 20
     max_active_per_client: int = 100_000
     max_active_per_datasource: int = 1_000_000
     retention_ms: int = 7 * 24 * 3600 * 1000

@@ -9,8 +9,8 @@ from __future__ import annotations
 from ..errors import BadRequest, Conflict
 from ..protocol import Reply, Request
 from ..protocol.cbor import jobs_body
-from ..protocol.sealed import server_topic
-from ..records import Job, check_name
+from ..protocol.sealed import Change, server_topic
+from ..records import check_name
 from ..states import REPORTS, UNSET, Event, Status, Unset
 from .client_ops import data_observe, list_jobs, subscription
 from .context import Context
@@ -34,7 +34,8 @@ def server_list(ctx: Context, request: Request, params: list[str]) -> Outcome:
 
 
 def take(ctx: Context, request: Request, params: list[str]) -> Outcome:
-    """POST /server/<DSID>/job/take: hand out due jobs in take order, or wait for one."""
+    """POST /server/<DSID>/job/take: hand out due jobs in take order (up to ``max``, fewer once
+    their records reach ``page_bytes``), or wait for one."""
     dsid = params[0]
     body = body_map(request, optional=("max", "lease", "wait"))
     limits, txn = ctx.limits, ctx.txn
@@ -44,15 +45,16 @@ def take(ctx: Context, request: Request, params: list[str]) -> Outcome:
     ctx.authorise(request)
     settings = txn.settings(dsid)
     lease = lease or settings.lease or limits.lease_ms
-    jobs: list[Job] = []
-    while not settings.paused and len(jobs) < count:
+    changes: list[Change] = []
+    size = 0  # like a listing page, the reply ends once its records reach page_bytes
+    while not settings.paused and len(changes) < count and size < limits.page_bytes:
         job = txn.take_next(dsid)
         if job is None:
             break
-        jobs.append(job)
-    if not jobs and wait:
+        changes.append(ctx.hand_out(job, lease))
+        size += len(changes[-1].encoded)
+    if not changes and wait:
         return Outcome(None, wait=Wait(dsid, wait))
-    changes = [ctx.hand_out(job, lease) for job in jobs]
     body = {"jobs": [c.wire for c in changes]}
     encoded = jobs_body([c.encoded for c in changes])
     return Outcome(Reply(200, body, id=request.id, encoded_body=encoded), changes)

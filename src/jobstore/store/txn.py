@@ -10,7 +10,7 @@ Lease deadlines (``leases`` keys, a record's prefix) are on the store clock
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import cbor2
 
@@ -94,8 +94,9 @@ class Txn(RawTxn):
 
     def get(self, dsid: str, job: str) -> Job | None:
         raw = self.get_raw("jobs", record_key(dsid, job))
-        if raw is None:
-            return None
+        return None if raw is None else self._decoded(dsid, raw)
+
+    def _decoded(self, dsid: str, raw: bytes) -> Job:
         found = self.storage.cache.decoded.get((dsid, raw))
         return found if found is not None else records.load(dsid, raw)
 
@@ -199,11 +200,17 @@ class Txn(RawTxn):
             out.append(self._must_get(dsid, job))
         return out
 
-    def changed_since(self, dsid: str, client: str | None, since: int) -> Iterator[tuple[int, Job]]:
-        """(seq, record) of a datasource's (or one client's) jobs changed after ``since``."""
+    def changed_since(
+        self, dsid: str, client: str | None, since: int
+    ) -> Iterator[tuple[int, Job, int]]:
+        """(seq, record, bytes of its wire encoding) of a datasource's (or one client's) jobs
+        changed after ``since``; the size is the stored encoding's, so listing costs no encoding."""
         prefix = name(dsid) if client is None else name(dsid, client)
         for seq, job in self._scan("changes" if client is None else "clients", prefix, since):
-            yield seq, self._must_get(dsid, job)
+            raw = self.get_raw("jobs", record_key(dsid, job))
+            if raw is None:
+                _missing(dsid, job)
+            yield seq, self._decoded(dsid, raw), len(raw) - records.PREFIX
 
     def expired(self, now: int, limit: int) -> list[Job]:
         """Accepted jobs whose lease ran out at or before ``now`` (store clock)."""
@@ -252,8 +259,12 @@ class Txn(RawTxn):
     def _must_get(self, dsid: str, job: str) -> Job:
         record = self.get(dsid, job)
         if record is None:
-            raise RuntimeError(f"index points at missing job {dsid}/{job}: run jobstore check")
+            _missing(dsid, job)
         return record
+
+
+def _missing(dsid: str, job: str) -> NoReturn:
+    raise RuntimeError(f"index points at missing job {dsid}/{job}: run jobstore check")
 
 
 def queue_entry(job: Job) -> fairqueue.Entry:

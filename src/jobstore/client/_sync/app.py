@@ -87,7 +87,9 @@ class JobClient(Session):
         return record
 
     def page(self, since: int = 0, limit: int | None = None) -> tuple[list[Record], int | None]:
-        """One page of this client's jobs changed after ``since``, and the ``since`` of the next."""
+        """One page of this client's jobs changed after ``since``, and the ``since`` of the next
+        (None after the last page). A page may hold fewer than ``limit`` jobs while more follow
+        (the store caps a page in bytes too): go on while the next is not None."""
         reply = self.conn.call(*self._requests.page(since, limit))
         return reply["jobs"], reply["next"]
 
