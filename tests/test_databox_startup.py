@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from jobstore.client import Driver, JobClient
+from jobstore.databox import startup
 from jobstore.databox.arbiter import fetch_store_secret
 from jobstore.databox.startup import ArbiterTokens, Secrets, read_secrets, token_secret
 from jobstore.devtools.fake_arbiter import EXAMPLE_PUBLIC_KEY, EXAMPLE_SECRET_KEY, FakeArbiter
@@ -155,6 +156,17 @@ def test_a_job_runs_from_app_to_driver_and_back_in_databox_mode(
             assert info.value.status == 401
     finally:
         stop(proc)
+
+
+def test_arbiter_tokens_forget_the_refused_token_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    minted = iter(["t1", "t2"])
+    monkeypatch.setattr(startup, "request_token", lambda *_, **__: next(minted))
+    tokens = ArbiterTokens("tcp://arbiter:4444", None, APP_KEY, target=STORE, path="/*")
+    assert tokens("GET", "/ds/job/") == "t1"
+    tokens.forget("GET", "/ds/job/", "t0")  # refused late, after t1 replaced it: t1 stays
+    assert tokens("GET", "/ds/job/") == "t1"
+    tokens.forget("POST", "/sub/ds/job", "t1")  # a subscribe is sent with the GET token
+    assert tokens("GET", "/ds/job/") == "t2"
 
 
 def test_the_entrypoint_stops_with_a_clear_error_when_a_secret_is_missing(

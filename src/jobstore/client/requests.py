@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ..databox.hypercat import job_datasource_item
@@ -34,6 +34,21 @@ def notify_endpoint_for(endpoint: str) -> str:
     if host in ("0.0.0.0", "*"):
         host = "127.0.0.1"
     return f"tcp://{host}:{parts.port + 2}"
+
+
+@runtime_checkable
+class RefreshableToken(Protocol):
+    """A token function that caches macaroons and can fetch fresh ones
+    (:class:`~jobstore.databox.ArbiterTokens`).
+
+    After the store refuses (401) a macaroon it gave, a client calls :meth:`forget` and sends
+    the request once more with what the function gives next.
+    """
+
+    def __call__(self, method: str, path: str) -> str: ...
+
+    def forget(self, method: str, path: str, token: str) -> None:
+        """Drop ``token``, refused for ``method path``, if it is still the cached one."""
 
 
 def token_for(token: Token, method: str, path: str) -> str | None:

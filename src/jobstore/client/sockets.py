@@ -10,7 +10,7 @@ import zmq
 
 from ..errors import Timeout, request_failed
 from ..protocol import Reply, cbor
-from .requests import Token, token_for
+from .requests import RefreshableToken, Token, token_for
 
 SocketT = TypeVar("SocketT", bound="zmq.Socket[Any]")
 
@@ -70,11 +70,23 @@ class BaseConnection(Generic[SocketT]):
         sock.connect(self.endpoint)
         return sock
 
-    def request(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
-        """A new request id and the request's frame, with the token for its method and path."""
+    def request(self, method: str, path: str, body: Any) -> tuple[int, bytes, str | None]:
+        """A new request id, the request's frame, and the token for its method and path that
+        the frame carries."""
         rid = next(self._ids)
         token = token_for(self.token, method, path)
-        return rid, cbor.encode_request(method, path, body, token=token, id=rid)
+        return rid, cbor.encode_request(method, path, body, token=token, id=rid), token
+
+    def stale_token(self, reply: Reply, method: str, path: str, token: str | None) -> bool:
+        """Whether to send a request once more, with a fresh token: the store refused (401)
+        ``token``, a macaroon from a :class:`RefreshableToken` (which now forgets it). A
+        restarted Databox store has a new secret, so the macaroons cached for it are refused;
+        a 401 means the store did nothing, so sending again is safe."""
+        source = self.token
+        if reply.status != 401 or token is None or not isinstance(source, RefreshableToken):
+            return False
+        source.forget(method, path, token)
+        return True
 
 
 def reply_body(reply: Reply) -> Any:

@@ -91,6 +91,10 @@ class ArbiterTokens:
     the Databox arbiter ignores (only ``jobstore fake-arbiter --client-caveats`` mints it):
     under its tokens an app's client id is what keeps its jobs private (docs/databox.md).
     Subscribing is authorised as a GET of the observed path, so the GET token serves it.
+
+    A token the store refuses (401: a restarted store has a new secret from the arbiter) is
+    forgotten by the client, which asks for a fresh one and sends the request once more
+    (:class:`~jobstore.client.requests.RefreshableToken`).
     """
 
     def __init__(
@@ -109,9 +113,7 @@ class ArbiterTokens:
         self._tokens: dict[str, str] = {}
 
     def __call__(self, method: str, path: str) -> str:
-        # Subscriptions are POSTs authorised as GETs of the observed path.
-        if path.startswith("/sub/"):
-            method = "GET"
+        method = _token_method(method, path)
         token = self._tokens.get(method)
         if token is None:
             token = self._tokens[method] = request_token(
@@ -125,3 +127,15 @@ class ArbiterTokens:
                 identity=self.identity,
             )
         return token
+
+    def forget(self, method: str, path: str, token: str) -> None:
+        """Drop the cached token for ``method path`` if it is ``token`` (the store refused it),
+        so the next call asks the arbiter again; a newer one, fetched meanwhile, is kept."""
+        method = _token_method(method, path)
+        if self._tokens.get(method) == token:
+            del self._tokens[method]
+
+
+def _token_method(method: str, path: str) -> str:
+    # Subscriptions are POSTs authorised as GETs of the observed path.
+    return "GET" if path.startswith("/sub/") else method

@@ -42,10 +42,20 @@ class Connection(BaseConnection[Socket]):
     async def call(
         self, method: str, path: str, body: Any = None, *, timeout: float | None = None
     ) -> Any:
-        """Send one request and return the reply body; raise RequestFailed on an error status."""
+        """Send one request and return the reply body; raise RequestFailed on an error status.
+        A 401 to a refreshable token's macaroon is sent once more with a fresh one (stale_token)."""
+        reply, token = await self._exchange(method, path, body, timeout)
+        if self.stale_token(reply, method, path, token):
+            reply, _ = await self._exchange(method, path, body, timeout)
+        return reply_body(reply)
+
+    async def _exchange(
+        self, method: str, path: str, body: Any, timeout: float | None
+    ) -> tuple[Reply, str | None]:
+        """Send one request; its reply, and the token the request carried."""
         if self._closed:
             raise ClientError(f"the connection to {self.endpoint} is closed: make a new client")
-        rid, frame = self.request(method, path, body)
+        rid, frame, token = self.request(method, path, body)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Reply] = loop.create_future()
         self._pending[rid] = answer
@@ -60,7 +70,7 @@ class Connection(BaseConnection[Socket]):
             raise no_reply(method, path, self.endpoint, limit) from None
         finally:
             self._pending.pop(rid, None)
-        return reply_body(reply)
+        return reply, token
 
     async def _read(self) -> None:
         try:

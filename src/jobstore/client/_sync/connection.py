@@ -7,7 +7,7 @@ from typing import Any
 
 import zmq
 
-from ...protocol import cbor
+from ...protocol import Reply, cbor
 from ..sockets import BaseConnection, no_reply, reply_body
 
 Socket = zmq.Socket[bytes]
@@ -24,8 +24,18 @@ class Connection(BaseConnection[Socket]):
     def call(
         self, method: str, path: str, body: Any = None, *, timeout: float | None = None
     ) -> Any:
-        """Send one request and return the reply body; raise RequestFailed on an error status."""
-        rid, frame = self.request(method, path, body)
+        """Send one request and return the reply body; raise RequestFailed on an error status.
+        A 401 to a refreshable token's macaroon is sent once more with a fresh one (stale_token)."""
+        reply, token = self._exchange(method, path, body, timeout)
+        if self.stale_token(reply, method, path, token):
+            reply, _ = self._exchange(method, path, body, timeout)
+        return reply_body(reply)
+
+    def _exchange(
+        self, method: str, path: str, body: Any, timeout: float | None
+    ) -> tuple[Reply, str | None]:
+        """Send one request; its reply, and the token the request carried."""
+        rid, frame, token = self.request(method, path, body)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         # A send to a store that is down blocks once the queue fills: bound it by the timeout too.
@@ -38,7 +48,7 @@ class Connection(BaseConnection[Socket]):
                 raise no_reply(method, path, self.endpoint, limit)
             reply = cbor.decode_reply(self.socket.recv())
             if reply.id == rid:
-                return reply_body(reply)
+                return reply, token
             # Another id: the late answer to a call that already timed out.
 
     def reconnect(self) -> None:
