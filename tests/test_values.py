@@ -204,6 +204,25 @@ def test_a_catalogue_item_json_cannot_carry_is_refused(
     assert h.ok("GET", "/cat")["items"] == []
 
 
+def test_the_catalogue_is_bounded_in_bytes_and_a_post_past_it_is_413_writing_nothing(
+    h: Harness,
+) -> None:
+    def item(n: int) -> dict[str, Any]:
+        return {
+            "href": f"tcp://store:5555/ds{n}",
+            "item-metadata": [
+                {"rel": "urn:X-hypercat:rels:hasDescription:en", "val": "x" * 100_000},
+                {"rel": "urn:X-hypercat:rels:isContentType", "val": "application/json"},
+            ],
+        }
+
+    stored = [h.ok("POST", "/cat", item(n)) for n in range(10)]  # about 1,000,000 bytes
+    error = h.error("POST", "/cat", item(10), 413)
+    assert "limit" in error and "same href replaces" in error
+    assert h.ok("GET", "/cat")["items"] == stored[::-1]  # nothing written
+    h.ok("POST", "/cat", item(3))  # replacing an item keeps the size: accepted
+
+
 def test_a_zest_json_number_too_large_for_a_float_is_refused_at_write(h: Harness) -> None:
     payload = b'{"job":"j1","client":"c1","request":{"x":1e400}}'
     request = zest.decode_request(zest.encode_request("POST", "/ds/job/", body=payload))

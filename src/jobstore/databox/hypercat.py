@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BadRequest
+import cbor2
+
+from ..errors import BadRequest, TooLarge
 from ..store.validation import check_plain
 
 CATALOGUE_METADATA = [
@@ -18,6 +20,9 @@ CATALOGUE_METADATA = [
     {"rel": "urn:X-hypercat:rels:supportsSearch", "val": "urn:X-hypercat:search:simple"},
 ]
 REQUIRED_RELS = ("hasDescription", "isContentType")
+# The whole catalogue is one stored value, rewritten by every POST and sent whole by GET: a bound
+# on it bounds both. A Databox driver registers an item of about 500 bytes per datasource.
+MAX_CATALOGUE_BYTES = 1 << 20
 
 
 def catalogue(items: list[Any]) -> dict[str, Any]:
@@ -48,6 +53,18 @@ def check_item(item: Any) -> dict[str, Any]:
 def upsert(items: list[Any], item: dict[str, Any]) -> list[Any]:
     """The items with ``item`` first, replacing any item with the same href."""
     return [item, *(old for old in items if old.get("href") != item["href"])]
+
+
+def bounded(items: list[Any]) -> list[Any]:
+    """``items``, or TooLarge when they would pass :data:`MAX_CATALOGUE_BYTES` stored."""
+    size = len(cbor2.dumps(items))
+    if size > MAX_CATALOGUE_BYTES:
+        raise TooLarge(
+            f"the catalogue would hold {size} bytes, above its {MAX_CATALOGUE_BYTES}-byte "
+            "limit: register fewer or smaller items (an item posted again with the same href "
+            "replaces the old one)"
+        )
+    return items
 
 
 def job_datasource_item(href: str, dsid: str, description: str) -> dict[str, Any]:

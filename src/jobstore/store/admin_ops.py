@@ -100,5 +100,6 @@ def cat_post(ctx: Context, request: Request, params: list[str]) -> Outcome:
     """POST /cat: add or replace a catalogue item."""
     ctx.authorise(request)
     item = hypercat.check_item(request.body)
-    ctx.txn.set_catalogue_items(hypercat.upsert(ctx.txn.catalogue_items(), item))
+    items = hypercat.bounded(hypercat.upsert(ctx.txn.catalogue_items(), item))
+    ctx.txn.set_catalogue_items(items)
     return Outcome(ok_reply(request, item))
