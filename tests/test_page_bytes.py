@@ -96,3 +96,18 @@ def test_a_take_stops_handing_out_jobs_once_their_records_reach_the_cap(h: Harne
         assert sum(size(r) for r in taken[:-1]) < CAP
     assert len(replies) > 1
     assert [r["job"] for taken in replies for r in taken] == ids
+
+
+def test_a_batch_resubmitting_large_records_leaves_their_payloads_out_past_the_cap(
+    h: Harness,
+) -> None:
+    ids = submit_many(h, 20)
+    items = [{"job": job, "request": BIG} for job in ids] + [{"job": "new", "request": BIG}]
+    results = h.ok("POST", "/ds/job/batch", {"client": "c1", "jobs": items})["results"]
+    full = [r for r in results if not r.get("truncated")]
+    short = [r for r in results if r.get("truncated")]
+    assert short and sum(size(r) for r in full[:-2]) < CAP  # the last resubmit and the new job
+    assert [r["job"] for r in results] == [*ids, "new"]  # one result per item, in order
+    assert all(set(r) & {"request", "response", "progress"} == set() for r in short)
+    assert all(r["status"] == "submitted" and r["seq"] > 0 for r in short)
+    assert results[-1]["request"] == BIG  # a new job's record is whole: its frame bounds it

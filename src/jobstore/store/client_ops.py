@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import cbor2
+
 from ..errors import BadRequest, Conflict, StorageFull, TooMany
 from ..protocol import Request, shown, zest
 from ..protocol.sealed import Change, client_topic
@@ -20,6 +22,7 @@ from .engine import Observe, Outcome, changed_reply, ok_reply
 from .scheduling import SUBMIT_OPTIONS, Timing, batch_jobs, same_timing, submit_timing
 from .validation import body_map, canonical, check_plain, int_field, seq_segment, status_name
 
+PAYLOADS = ("request", "response", "progress")  # what a truncated batch result leaves out
 SCAN_LIMIT = 10_000
 BATCH_ITEM = ("job", "request", *SUBMIT_OPTIONS)
 
@@ -78,6 +81,7 @@ def batch(ctx: Context, request: Request, params: list[str]) -> Outcome:
     ctx.authorise(request, client=client)
     results: list[Any] = []
     changes: list[Change] = []
+    resent = 0  # bytes of the records of jobs submitted before, in this reply so far
     for index, item in enumerate(items):
         job_id = item.get("job") if isinstance(item, dict) else None
         try:
@@ -101,7 +105,16 @@ def batch(ctx: Context, request: Request, params: list[str]) -> Outcome:
             results.append({"job": job_ref, "status": exc.status, "error": str(exc)})
             continue
         if change is None:
-            results.append(job.wire())
+            # A resubmit answers with the stored record, whose response and progress the batch's
+            # own frame does not bound: past page_bytes of them, the record comes without its
+            # payloads (docs/protocol.md, "Batch submit").
+            record = job.wire()
+            if resent >= ctx.limits.page_bytes:
+                record = {k: v for k, v in record.items() if k not in PAYLOADS}
+                record["truncated"] = True
+            else:
+                resent += len(cbor2.dumps(record))
+            results.append(record)
         else:
             results.append(change.wire)
             changes.append(change)
