@@ -63,7 +63,8 @@ class JobClient(Session):
         """Submit up to 1000 jobs in one request and one commit. Each item is a map with
         ``request`` and any of ``job`` (a fresh GUID when absent), ``priority``, ``delay``,
         ``not_before`` and ``expires``; the results are in item order, each the record or
-        ``{job, status, error}`` for an item refused."""
+        ``{job, status, error}`` for an item refused. Past 4 MiB of records of jobs submitted
+        before, those come without their payloads, marked ``truncated`` (docs/protocol.md)."""
         items = [
             self._requests.item(
                 item.get("request"),
