@@ -13,8 +13,10 @@ a run of ``--jobs`` A and B jobs (start-up and shutdown cancel out), divided by 
   changes, one window at a time.
 
 Usage: ``.venv/bin/python bench/instructions.py [--src DIR] [--side store|client]
-[--jobs 200,600] [--window 1]``; ``--cprofile`` runs the store under cProfile instead and
-prints its call counts per job (also deterministic), to see which functions a change adds.
+[--jobs 200,600] [--window 1] [--home]``; ``--home``: each window's take is sent first
+and parked (it waits up to 200 ms, as the bench driver's does), then the submits wake it.
+``--cprofile`` runs the store under cProfile instead and prints its call counts per job
+(also deterministic), to see which functions a change adds.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ ROOT = HERE.parents[1]
 DSID = "ds"
 CLIENT = "app1"
 TIMEOUT_MS = 60_000
+HOME_WAIT_MS = 200  # --home: the bench driver's long-poll
+HOME_PARK_S = 0.05  # --home: time for the store (under callgrind) to park the take
 
 
 def serve(data: Path, sockets: Path) -> None:
@@ -60,8 +64,9 @@ def serve(data: Path, sockets: Path) -> None:
     server.serve()
 
 
-def store_load(sockets: Path, jobs: int, window: int) -> None:
-    """Submit, take and complete ``jobs`` jobs a window at a time as raw frames."""
+def store_load(sockets: Path, jobs: int, window: int, wait: bool = False) -> None:
+    """Submit, take and complete ``jobs`` jobs a window at a time as raw frames; with ``wait``,
+    each window's take is sent first and waits for the submits, as a home driver's does."""
     import zmq
 
     from jobstore.protocol import cbor
@@ -72,20 +77,28 @@ def store_load(sockets: Path, jobs: int, window: int) -> None:
     req.connect(f"ipc://{sockets}/req")
     ids = iter(range(1, 1 << 62))
 
-    def calls(frames: list[tuple[str, str, Any]]) -> list[Any]:
+    def send(frames: list[tuple[str, str, Any]]) -> list[int]:
         sent = []
         for method, path, body in frames:
             rid = next(ids)
             req.send(cbor.encode_request(method, path, body, id=rid))
             sent.append(rid)
+        return sent
+
+    def receive(count: int) -> dict[int, Any]:
         bodies = {}
-        for _ in sent:
+        for _ in range(count):
             if not req.poll(TIMEOUT_MS):
                 raise RuntimeError("the store did not reply")
             reply = cbor.decode_reply(req.recv())
             if reply.status >= 400:
                 raise RuntimeError(f"{reply.status}: {reply.error}")
             bodies[reply.id] = reply.body
+        return bodies
+
+    def calls(frames: list[tuple[str, str, Any]]) -> list[Any]:
+        sent = send(frames)
+        bodies = receive(len(sent))
         return [bodies[rid] for rid in sent]
 
     info = calls([("POST", f"/sub/{DSID}/job", {"client": CLIENT})])[0]
@@ -98,13 +111,22 @@ def store_load(sockets: Path, jobs: int, window: int) -> None:
     done = 0
     while done < jobs:
         n = min(window, jobs - done)
-        calls(
-            [
-                ("POST", f"/{DSID}/job/", {"job": f"j{done + i}", "client": CLIENT, "request": i})
-                for i in range(n)
-            ]
+        submits = [
+            ("POST", f"/{DSID}/job/", {"job": f"j{done + i}", "client": CLIENT, "request": i})
+            for i in range(n)
+        ]
+        take = (
+            "POST",
+            f"{base}/take",
+            {"max": n, "wait": HOME_WAIT_MS if wait else 0, "lease": 60_000},
         )
-        taken = calls([("POST", f"{base}/take", {"max": n, "wait": 0, "lease": 60_000})])[0]["jobs"]
+        if wait:  # as at home load: the take is parked, then the submits wake it
+            [rid] = send([take])
+            time.sleep(HOME_PARK_S)
+            taken = receive(len(send(submits)) + 1)[rid]["jobs"]
+        else:
+            calls(submits)
+            taken = calls([take])[0]["jobs"]
         if len(taken) != n:
             raise RuntimeError(f"took {len(taken)} jobs of {n}")
         done_body = {"status": "complete", "response": {"ok": True}}
@@ -179,7 +201,9 @@ def total(out: Path) -> int:
     return int(match.group(1))
 
 
-def measure(side: str, src: Path, jobs: int, window: int, profile: Path | None = None) -> int:
+def measure(
+    side: str, src: Path, jobs: int, window: int, profile: Path | None = None, home: bool = False
+) -> int:
     """Instructions of one run of ``jobs`` jobs on ``side`` (0 with ``profile``: cProfile)."""
     with tempfile.TemporaryDirectory(prefix="jobstore-ir-") as tmp:
         work = Path(tmp)
@@ -189,7 +213,7 @@ def measure(side: str, src: Path, jobs: int, window: int, profile: Path | None =
         server = spawn("serve", src, work, *extra, tool=callgrind(out) if measured else [])
         wait_ready(work, server)
         tool = callgrind(out) if side == "client" else []
-        load = spawn(f"{side}-load", src, work, str(jobs), str(window), tool=tool)
+        load = spawn(f"{side}-load", src, work, str(jobs), str(window), str(home), tool=tool)
         _, err = load.communicate(timeout=3600)
         stop(server)
         if load.returncode:
@@ -197,13 +221,13 @@ def measure(side: str, src: Path, jobs: int, window: int, profile: Path | None =
         return 0 if profile is not None else total(out)
 
 
-def call_counts(src: Path, jobs: tuple[int, int], window: int) -> None:
+def call_counts(src: Path, jobs: tuple[int, int], window: int, home: bool) -> None:
     """Print the store's Python calls per job (difference of two cProfile runs), most first."""
     counts = []
     with tempfile.TemporaryDirectory(prefix="jobstore-prof-") as tmp:
         for n in jobs:
             prof = Path(tmp) / f"{n}.prof"
-            measure("store", src, n, window, prof)
+            measure("store", src, n, window, prof, home)
             stats: Any = pstats.Stats(str(prof)).stats
             counts.append({f"{k[0].split('src/')[-1]}:{k[2]}": v[1] for k, v in stats.items()})
     per_job = {
@@ -228,8 +252,10 @@ def main() -> None:
             else:
                 serve(work / "data", work)
         else:
-            load = store_load if role == "store-load" else client_load
-            load(work, int(sys.argv[3]), int(sys.argv[4]))
+            if role == "store-load":
+                store_load(work, int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "True")
+            else:
+                client_load(work, int(sys.argv[3]), int(sys.argv[4]))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--src", type=Path, default=ROOT / "src", help="the src/ dir to measure")
@@ -237,16 +263,22 @@ def main() -> None:
     p.add_argument("--jobs", default="200,600", help="two job counts, A,B (B > A)")
     p.add_argument("--window", type=int, default=1, help="jobs per window (submits in flight)")
     p.add_argument("--cprofile", action="store_true", help="store's calls per job, not Ir")
+    p.add_argument(
+        "--home",
+        action="store_true",
+        help="store: each take waits (parked), then a submit wakes it",
+    )
     args = p.parse_args()
     a, b = (int(n) for n in args.jobs.split(","))
     src = args.src.resolve()
     if args.cprofile:
-        call_counts(src, (a, b), args.window)
+        call_counts(src, (a, b), args.window, args.home)
         return
-    small = measure(args.side, src, a, args.window)
-    large = measure(args.side, src, b, args.window)
+    small = measure(args.side, src, a, args.window, home=args.home)
+    large = measure(args.side, src, b, args.window, home=args.home)
+    mode = " home" if args.home else ""
     print(
-        f"{args.side} {src} window {args.window}: {(large - small) / (b - a):,.0f} Ir per job "
+        f"{args.side} {src} window {args.window}{mode}: {(large - small) / (b - a):,.0f} Ir per job "
         f"({a} jobs: {small:,}; {b}: {large:,})"
     )
 

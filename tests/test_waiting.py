@@ -52,3 +52,14 @@ def test_stopping_makes_every_parked_take_due() -> None:
     waiting.park(take(60_000), "b", b"p", "ds2", 60_000, mono=0)
     waiting.end_all(5)
     assert sorted(p.token for p in waiting.due(5)) == ["a", "b"]
+
+
+def test_the_next_deadline_is_a_parked_takes_not_one_woken_and_answered() -> None:
+    # Else the store wakes at the answered take's deadline for nothing: once per job at home.
+    waiting: WaitingTakes[str] = WaitingTakes(10)
+    waiting.park(take(200), "answered", b"peer", "ds", 200, mono=0)
+    waiting.park(take(500), "waiting", b"peer", "ds2", 500, mono=0)
+    waiting.wake("ds", 1)
+    assert waiting.next_deadline() == 500
+    waiting.wake("ds2", 1)
+    assert waiting.next_deadline() is None

@@ -8,6 +8,7 @@ with the list call to catch up on a gap). The driver takes up to
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -48,7 +49,8 @@ class JobstoreServer(System):
         ports = {name: free_port() for name in ("request", "observe", "notify")}
         endpoints: Endpoints = {name: f"tcp://127.0.0.1:{p}" for name, p in ports.items()}
         data = self.data_dir or workdir / "data"
-        argv = [sys.executable, "-m", "jobstore", "--log-level", "WARNING", "serve"]
+        argv = [sys.executable, *_profiler(workdir, self.name), "-m", "jobstore"]
+        argv += ["--log-level", "WARNING", "serve"]
         argv += ["--data-dir", str(data)]
         for name, endpoint in endpoints.items():
             argv += [f"--{name}-endpoint", endpoint]
@@ -61,6 +63,19 @@ class JobstoreServer(System):
         endpoints["dsid"] = DSID
         endpoints["data_dir"] = str(data)  # for the LMDB commit count (harness.IoMeter)
         return endpoints
+
+
+def _profiler(workdir: Path, name: str) -> list[str]:
+    """``-m cProfile -o ...`` when ``BENCH_CPROFILE`` names a directory for the server's profile.
+
+    The store writes it when it stops (SIGTERM ends ``serve`` normally); read it with
+    ``python -m pstats``. cProfile slows the store, so its figures of that run are not results.
+    """
+    out = os.environ.get("BENCH_CPROFILE")
+    if not out:
+        return []
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return ["-m", "cProfile", "-o", f"{out}/{name}-{workdir.parent.name}.prof"]
 
 
 class NativeClient:

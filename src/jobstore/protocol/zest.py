@@ -336,7 +336,7 @@ def _decode_body(payload: bytes, fmt: int) -> Any:
     if fmt == FORMAT_TEXT:
         return text
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = _DECODER.decode(text)
         if "\\u" in text:  # only escapes can produce unpaired surrogates
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -378,9 +378,7 @@ def encode_json(value: Any) -> bytes:
     NaN, infinities, tags and the like raise: the store refuses them at write.
     """
     try:
-        return json.dumps(
-            value, separators=(",", ":"), default=_json_default, allow_nan=False
-        ).encode()
+        return _ENCODER.encode(value).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"cannot be sent as JSON: {exc}") from None
 
@@ -389,3 +387,8 @@ def _json_default(value: Any) -> str:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     raise TypeError(f"{type(value).__name__} cannot be sent as JSON")
+
+
+# Built once: json.dumps and json.loads build a new coder for every call given options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default, allow_nan=False)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)

@@ -101,8 +101,12 @@ class Observers:
         return out
 
     def next_expiry(self) -> int | None:
-        """The earliest expiry (monotonic ms); it may belong to an observer gone already."""
-        return self._expiries[0][0] if self._expiries else None
+        """The earliest expiry (monotonic ms) of an observer still here (gone ones are dropped,
+        so the loop does not wake for them)."""
+        heap = self._expiries
+        while heap and heap[0][1] not in self._by_ident:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def clear(self) -> None:
         for ident in list(self._by_ident):

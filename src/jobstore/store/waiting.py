@@ -93,8 +93,16 @@ class WaitingTakes(Generic[T]):
         return out
 
     def next_deadline(self) -> int | None:
-        """The earliest deadline (monotonic ms); it may belong to a take answered already."""
-        return self._deadlines[0][0] if self._deadlines else None
+        """The earliest deadline (monotonic ms) of a take still parked.
+
+        The heap's tops left by takes woken and answered are dropped here: at home load
+        every job leaves one, and the loop would wake for it 200 ms later for nothing.
+        Not called while a woken take is out for its retry (it keeps its heap entry).
+        """
+        heap, parked = self._deadlines, self._parked
+        while heap and heap[0][1] not in parked.get(heap[0][2], ()):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def end_all(self, mono: int) -> None:
         """Bring every deadline to ``mono`` (the store is stopping): :meth:`due` returns them all."""
