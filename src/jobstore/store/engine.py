@@ -276,9 +276,11 @@ class Engine:
     def _purge(self, txn: Txn, now: int) -> None:
         """Drop a small batch of terminal jobs past retention, so no batch is held up for long."""
         limits = self.shared.limits
-        with txn.nested() as child:
-            for job in child.ended_before(now - limits.retention_ms, limits.purge_batch):
-                child.delete(job)
+        ended = txn.ended_before(now - limits.retention_ms, limits.purge_batch)
+        if ended:  # a nested transaction costs more than the lookup: only when there is work
+            with txn.nested() as child:
+                for job in ended:
+                    child.delete(job)
 
     def _one(self, ctx: Context, request: Request, isolate: bool) -> Outcome:
         txn, events = ctx.txn, self.shared.events
