@@ -93,7 +93,7 @@ def test_a_new_store_keeps_its_tables_in_three_databases(tmp_path: Path) -> None
     storage = Storage(tmp_path)
     assert len({id(db) for db, _ in storage.places.values()}) == 3
     with storage.read() as txn:
-        assert txn.format() == FORMAT == 6
+        assert txn.format() == FORMAT == 7
         assert txn.records() == 8
     storage.close()
     assert check(tmp_path) == (8, [])

@@ -93,7 +93,7 @@ def test_opening_a_format_2_store_moves_its_leases_to_the_store_clock(tmp_path: 
         check(tmp_path)
     storage = Storage(tmp_path)
     with storage.read() as txn:
-        assert txn.format() == FORMAT == 6
+        assert txn.format() == FORMAT == 7
         assert [txn.get("ds", job.job) for job in JOBS] == [_as_upgraded(job) for job in JOBS]
         upgraded = txn.get("ds", "live")
         assert upgraded is not None
@@ -151,7 +151,7 @@ def test_opening_a_format_4_store_keeps_its_take_order(tmp_path: Path) -> None:
 
     service = Service(Storage(tmp_path))
     with service.storage.read() as txn:
-        assert txn.format() == FORMAT == 6
+        assert txn.format() == FORMAT == 7
     take = Request("POST", "/server/ds/job/take", body={"max": 10})
     taken = service.handle(take, 2000).reply.body["jobs"]  # type: ignore[union-attr]
     assert [job["job"] for job in taken] == ["b2", "a1", "b3", "c4", "c5"]  # c4 fell due: older

@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import lmdb
 
@@ -29,6 +29,7 @@ from ..errors import ConfigError, JobstoreError, StorageFull
 from .keys import EMPTY_VALUED, INDEXES, OLD_PLACES, PLACES, u64
 
 if TYPE_CHECKING:
+    from .journal import Op
     from .storage import Storage
 
 Transaction = lmdb.Transaction
@@ -95,17 +96,23 @@ def open_environment(path: Path, map_size: int, readonly: bool) -> lmdb.Environm
 
 class Tables:
     """Each table's (database, key prefix), and what a transaction's hot path needs of them:
-    worked out once per layout, not per transaction."""
+    worked out once per layout, not per transaction.
 
-    __slots__ = ("indexes", "meta", "places")
+    The journal names a database by its number here: its place in ``databases``, in the
+    order of the names (the same in every store of one format).
+    """
 
-    def __init__(self, places: dict[str, Place]) -> None:
+    __slots__ = ("databases", "indexes", "meta", "number", "places")
+
+    def __init__(self, places: dict[str, Place], names: dict[Database, str]) -> None:
         self.places = places
+        self.databases = sorted(names, key=names.__getitem__)
+        self.number = {db: n for n, db in enumerate(self.databases)}
         self.meta = places["meta"][0]  # meta's keys have no prefix in any format
-        # (database, prefix, whether the value is the job id) in INDEXES order. Only a store
-        # opened read-only on older data lacks some: it never writes.
+        # (database, its number, prefix, whether the value is the job id) in INDEXES order.
+        # Only a store opened read-only on older data lacks some: it never writes.
         self.indexes = [
-            (db, prefix, table not in EMPTY_VALUED)
+            (db, self.number[db], prefix, table not in EMPTY_VALUED)
             for table in INDEXES
             if table in places
             for db, prefix in (places[table],)
@@ -133,15 +140,15 @@ def open_tables(env: lmdb.Environment, readonly: bool) -> tuple[Tables, bool]:
                 dbs[db] = env.open_db(db.encode(), create=not readonly)
         if db in dbs:
             places[table] = (dbs[db], prefix)
-    return Tables(places), not old
+    return Tables(places, {db: name for name, db in dbs.items()}), not old
 
 
 def share_databases(txn: RawTxn) -> None:
     """Move every table but ``jobs`` from a database of its own (formats 1 to 5) into format 6's
     shared databases under its key prefix, and drop the old databases, all in ``txn``."""
     env, raw, old = txn.storage.env, txn._lmdb, txn.storage.places
-    dbs = {db: env.open_db(db.encode(), txn=raw, create=True) for db, _ in PLACES.values()}
-    new = {table: (dbs[db], prefix) for table, (db, prefix) in PLACES.items()}
+    dbs = {db.encode(): env.open_db(db.encode(), txn=raw, create=True) for db, _ in PLACES.values()}
+    new = {table: (dbs[db.encode()], prefix) for table, (db, prefix) in PLACES.items()}
     moved = [table for table, (db, _) in PLACES.items() if db != table and table in old]
     # Each table's keys in its new database, in key order: tables in the order of their first
     # keys, so every put appends (full pages, and a collision shows as a refused append).
@@ -162,18 +169,32 @@ def share_databases(txn: RawTxn) -> None:
             )
     for table in moved:
         raw.drop(old[table][0], delete=True)
-    txn.storage.tables = Tables(new)
+    txn.storage.tables = Tables(new, {db: name.decode() for name, db in dbs.items()})
     txn.rebind()
 
 
 class RawTxn:
-    """One LMDB transaction: entries as bytes, and the meta counters it keeps in memory."""
+    """One LMDB transaction: entries as bytes, and the meta counters it keeps in memory.
 
-    def __init__(self, storage: Storage, txn: Transaction, parent: Self | None = None) -> None:
+    Given ``ops`` (a list), it also appends every put and delete it makes there, as the
+    journal records them (:data:`jobstore.store.journal.Op`); a nested transaction
+    records into its parent's list when it commits.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        txn: Transaction,
+        parent: Self | None = None,
+        ops: list[Op] | None = None,
+    ) -> None:
         self.storage = storage
         self._lmdb = txn
         self.rebind()
         self._parent = parent
+        self.ops: list[Op] | None = ops
+        if parent is not None:
+            self.ops = None if parent.ops is None else []
         # The counters set in the whole write transaction, not yet put (see the module
         # docstring); one dict shared by a transaction and its nested ones.
         self._counters: dict[bytes, int] = {} if parent is None else parent._counters
@@ -189,6 +210,7 @@ class RawTxn:
         after :func:`share_databases` moved them."""
         tables = self.storage.tables
         self._places, self._meta, self._indexes = tables.places, tables.meta, tables.indexes
+        self._number = tables.number
         self._cursors: dict[str, tuple[lmdb.Cursor, bytes]] = {}
 
     def nested(self) -> Self:
@@ -215,10 +237,25 @@ class RawTxn:
             self._lmdb.commit()
         if self._parent is not None:
             self._parent.writes += self.writes  # what the child wrote is the parent's now
+            if self.ops and self._parent.ops is not None:
+                self._parent.ops.extend(self.ops)
         outer = self._parent._undo if self._parent is not None else None
         if outer is not None:
             for key, value in undo.items():
                 outer.setdefault(key, value)
+
+    def redo(self, batches: list[list[Any]]) -> None:
+        """Make again the writes of batches read back from the journal (not journaled again)."""
+        txn, databases = self._lmdb, self.storage.tables.databases
+        try:
+            for ops in batches:
+                for number, key, value in ops:
+                    if value is None:
+                        txn.delete(key, db=databases[number])
+                    else:
+                        txn.put(key, value, db=databases[number])
+        except lmdb.Error as exc:
+            refuse(exc)
 
     def counter(self, key: bytes) -> int:
         """A meta counter's value in this transaction (0 when never set)."""
@@ -240,9 +277,12 @@ class RawTxn:
 
     def flush(self) -> None:
         """Put the counters set so far in this write transaction (before a scan, or the commit)."""
+        meta, ops = self._meta, self.ops
         try:
             for key, value in self._counters.items():
-                self._lmdb.put(key, u64(value), db=self._meta)
+                self._lmdb.put(key, u64(value), db=meta)
+                if ops is not None:
+                    ops.append((self._number[meta], key, u64(value)))
         except lmdb.Error as exc:
             refuse(exc)
 
@@ -252,6 +292,11 @@ class RawTxn:
 
     def set_meta(self, key: bytes, value: bytes) -> None:
         self.put_raw("meta", key, value)
+
+    def pages(self, db: Database) -> int:
+        """The branch, leaf and overflow pages of a database, as of this transaction."""
+        stat = self._lmdb.stat(db)
+        return int(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
 
     def records(self) -> int:
         """How many job records the store holds: ``jobs`` has its database to itself in every
@@ -286,15 +331,20 @@ class RawTxn:
             self._lmdb.put(own + key, value, db=db)
         except lmdb.Error as exc:
             refuse(exc)
+        if self.ops is not None:
+            self.ops.append((self._number[db], own + key, value))
 
     def delete_raw(self, table: str, key: bytes) -> bool:
         """Delete one entry; False when there was none."""
         self.writes += 1
         db, own = self._places[table]
         try:
-            return bool(self._lmdb.delete(own + key, db=db))
+            found = bool(self._lmdb.delete(own + key, db=db))
         except lmdb.Error as exc:
             refuse(exc)
+        if found and self.ops is not None:
+            self.ops.append((self._number[db], own + key, None))
+        return found
 
     def get_raw(self, table: str, key: bytes) -> bytes | None:
         db, own = self._places[table]
@@ -321,14 +371,17 @@ class RawTxn:
         """Delete the ``count`` lowest entries whose key starts with ``prefix`` (fewer if fewer)."""
         self.writes += 1
         db, own = self._places[table]
-        prefix = own + prefix
+        prefix, number, ops = own + prefix, self._number[db], self.ops
         cursor = self._lmdb.cursor(db=db)
         try:
             found = count > 0 and cursor.set_range(prefix)
             for _ in range(count):
-                if not found or not bytes(cursor.key()).startswith(prefix):
+                key = bytes(cursor.key())
+                if not found or not key.startswith(prefix):
                     break
                 found = cursor.delete()
+                if ops is not None:
+                    ops.append((number, key, None))
         except lmdb.Error as exc:
             refuse(exc)
 
@@ -342,16 +395,25 @@ class RawTxn:
     ) -> None:
         """Put a record under ``key``, moving its index entries from ``was`` to ``now``
         (:data:`jobstore.store.keys.INDEXES` order, None where it has none)."""
-        txn = self._lmdb
+        txn, ops = self._lmdb, self.ops
         try:
-            for (db, own, valued), before, after in zip(self._indexes, was, now, strict=True):
+            for (db, number, own, valued), before, after in zip(
+                self._indexes, was, now, strict=True
+            ):
                 if before != after:
                     if before is not None:
                         txn.delete(own + before, db=db)
+                        if ops is not None:
+                            ops.append((number, own + before, None))
                     if after is not None:
-                        txn.put(own + after, job_id if valued else b"", db=db)
+                        entry = job_id if valued else b""
+                        txn.put(own + after, entry, db=db)
+                        if ops is not None:
+                            ops.append((number, own + after, entry))
             jobs, own = self._places["jobs"]
             txn.put(own + key, value, db=jobs)
+            if ops is not None:
+                ops.append((self._number[jobs], own + key, value))
         except lmdb.Error as exc:
             refuse(exc)
 

@@ -22,6 +22,7 @@ from .keys import (
     META_PREFIXES,
     ORDER_INDEXES,
     SEQ_KEY,
+    SHARED_FORMAT,
     STATUS_PREFIX,
     TOPIC_PREFIX,
     WATERMARK_KEY,
@@ -34,6 +35,8 @@ from .keys import (
 from .storage import Storage, Txn
 from .txn import queue_entry
 
+CHECKED_FORMATS = tuple(range(SHARED_FORMAT - 1, FORMAT + 1))
+
 
 def check(path: str | Path) -> tuple[int, list[str]]:
     """Return (records checked, problems found); an empty problem list means the directory is sound."""
@@ -42,12 +45,13 @@ def check(path: str | Path) -> tuple[int, list[str]]:
     storage = Storage(path, readonly=True)
     try:
         with storage.read() as txn:
-            # Format 5 differs from 6 only in where the tables are, which the storage reads.
-            if txn.format() not in (FORMAT - 1, FORMAT):
+            # Format 5 differs from 6 only in where the tables are, which the storage reads,
+            # and 7 from 6 only in its journal: a check reads the data file's last checkpoint.
+            if txn.format() not in CHECKED_FORMATS:
                 raise ConfigError(
                     f"the data in {path} is in storage format {txn.format()}, and this jobstore "
-                    f"checks formats {FORMAT - 1} and {FORMAT}: run `jobstore serve` on it once "
-                    "to upgrade it, then check again"
+                    f"checks formats {CHECKED_FORMATS[0]} to {FORMAT}: run `jobstore serve` on "
+                    "it once to upgrade it, then check again"
                 )
             return _check(txn)
     finally:

@@ -199,8 +199,8 @@ class Engine:
                 except _Isolate:
                     isolate = True
                 except MapFull:
-                    # Full in a request or at the commit: retry in a larger map, if there is one.
-                    if not storage.enlarge():
+                    # Full in a request: retry in a larger map, or after a checkpoint.
+                    if not storage.make_room():
                         raise
                     log.info("data file full: map grown to %d bytes", storage.map_size())
                 # The takes woken already run again too, after the batch's own requests.
@@ -297,7 +297,7 @@ class Engine:
             with txn.nested() as child:
                 return operation(Context(self.shared, child, ctx.now), request, params)
         except Exception as exc:
-            if isinstance(exc, MapFull) and not self.shared.storage.at_ceiling():
+            if isinstance(exc, MapFull) and self.shared.storage.could_make_room():
                 raise  # the batch runs again in a larger map
             if txn.writes != writes:
                 raise _Isolate from exc  # only a nested transaction can undo what it wrote

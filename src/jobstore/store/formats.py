@@ -13,7 +13,10 @@ Format 6 keeps the twelve tables in three databases instead of one each
 (:data:`jobstore.store.keys.PLACES`), so a commit writes fewer pages: the upgrade
 copies each table under its key prefix and drops the old databases, in the same
 transaction as the steps before it (the storage grows the map for the copy first,
-or refuses with the size it needs).
+or refuses with the size it needs). Format 7 makes batches durable in a journal
+beside the data file (:mod:`jobstore.store.journal`), so the data file alone may
+lack the latest ones: its upgrade only records the new format, which keeps an
+older jobstore, which would not read the journal, from opening it.
 """
 
 from __future__ import annotations

@@ -50,13 +50,14 @@ from __future__ import annotations
 from ..records import Job
 from ..states import QUEUED, TERMINAL
 
-FORMAT = 6  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
+FORMAT = 7  # the storage format this jobstore writes (:mod:`jobstore.store.formats`)
 SHARED_FORMAT = 6  # the first format with the three shared databases (:data:`PLACES`)
 SEQ_KEY = b"seq"
 SECRET_KEY = b"secret"
 CATALOGUE_KEY = b"cat"
 FORMAT_KEY = b"format"
 CLOCK_KEY = b"clock"
+JOURNAL_KEY = b"journal"  # the number of the last journaled batch the data file holds
 TOPIC_PREFIX = b"t:"  # then the topic name: the last seq published there
 COUNT_PREFIX = b"n:"  # then dsid NUL [client NUL]: unfinished jobs
 STATUS_PREFIX = b"s:"  # then dsid NUL status NUL: jobs in that status
@@ -71,6 +72,7 @@ META_PREFIXES = (
     CATALOGUE_KEY,
     FORMAT_KEY,
     CLOCK_KEY,
+    JOURNAL_KEY,
     WATERMARK_KEY,
     TOPIC_PREFIX,
     COUNT_PREFIX,

@@ -165,6 +165,9 @@ class Server:
         timer = self.service.timer_due_in(now_ms())  # due times and expiries on the wall clock
         if timer is not None:
             waits.append(timer)
+        checkpoint = self.service.storage.checkpoint_in(mono)
+        if checkpoint is not None:
+            waits.append(checkpoint)
         if not waits:
             return TICK_MS
         return max(0, min(TICK_MS, min(waits)))
@@ -263,6 +266,7 @@ class Server:
         ):
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(mono)
+            self._checkpoint(mono)
             return
         # For GET /stats, which only a batch answers: an idle turn skips this.
         self.service.transport.update(
@@ -315,6 +319,16 @@ class Server:
             self._reply(item, outcome)
             self._publish(outcome.changes)
         self._expire_observers(mono)
+
+    def _checkpoint(self, mono: int) -> None:
+        """Commit the journaled batches into the data file once the store is quiet and one is due."""
+        storage = self.service.storage
+        due = storage.checkpoint_in(mono)
+        if due is not None and due <= 0:
+            try:
+                storage.checkpoint()
+            except JobstoreError:
+                log.exception("checkpoint failed; the journal keeps the batches, retrying later")
 
     def _reply(self, item: _Pending, outcome: Outcome) -> None:
         reply = outcome.reply

@@ -10,6 +10,15 @@ imports lmdb); the databases and their keys are laid out in
 Older storage formats are upgraded in place when a store opens them writable
 (:mod:`jobstore.store.formats`); read-only (``check``, ``backup``) they are read as
 they are, format 5's tables in databases of their own.
+
+A writable store keeps one LMDB write transaction open across batches and makes
+each batch durable in its :class:`~jobstore.store.journal.Journal` (one small write
+and one flush); the open transaction commits as a *checkpoint* when the store has
+been quiet for QUIET_MS at least CHECKPOINT_MS after the first batch journaled
+since the last one, when the journal reaches CHECKPOINT_BYTES, before the map
+grows, and at close. Opening the store redoes what the journal holds past the
+data file's checkpoint. Another process reading the data file (``check``,
+``backup``) sees the last checkpoint; ``backup`` copies the journal beside it.
 """
 
 from __future__ import annotations
@@ -17,17 +26,21 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, JobstoreError
 from ._lmdb_raw import (
     Database,
     MapFull,
     Place,
     StorageError,
+    Transaction,
     open_environment,
     open_tables,
     refuse_new_jobs,
@@ -36,7 +49,8 @@ from ._lmdb_raw import (
 from .cache import DEFAULT_CACHE_BYTES, RecordCache
 from .datadir import DATA_FILE, check_data_file, identity, make_data_dir
 from .formats import upgrade
-from .keys import FORMAT, PLACES, SECRET_KEY
+from .journal import JOURNAL_FILE, Journal
+from .keys import FORMAT, JOURNAL_KEY, PLACES, SECRET_KEY
 from .txn import Txn
 
 __all__ = [
@@ -55,6 +69,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
 GROW_AT = 0.8  # grow the map before a batch when its highest page is this far in
+CHECKPOINT_BYTES = 4 << 20  # checkpoint, busy or not, once the journal holds this much
+CHECKPOINT_MS = 5000  # checkpoint when quiet this long after the first batch journaled since
+QUIET_MS = 5  # quiet: no batch journaled for this long (a checkpoint then delays no request)
+
+
+def _mono_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
 
 
 class Storage:
@@ -81,23 +102,51 @@ class Storage:
         check_data_file(self.path)
         self.max_map_size = max(max_map_size, 1 << 16)
         self.env = open_environment(self.path, min(map_size, self.max_map_size), readonly)
+        self._at_ceiling = self.at_ceiling()
         # Each table's (database, key prefix), as the format on disk lays them out.
         self.tables, shared = open_tables(self.env, readonly)
         self._page_size = int(self.env.stat()["psize"])
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (identity(self.path), identity(self.path / DATA_FILE))
         self.cache = RecordCache(cache_bytes)
+        self.journal: Journal | None = None  # a read-only store has none
+        self._open: Transaction | None = None  # the write transaction batches share
+        self._owner = 0  # the thread that began it
+        self._first_at: int | None = None  # when the first batch since the checkpoint was journaled
+        self._last_at = 0  # when the last batch was
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
             return
         if not shared:
             self._make_room_to_share()
-        with self.write() as txn:
+        with self._commit() as txn:
             if txn.meta(SECRET_KEY) is None:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
             upgrade(txn)
+        self.journal = Journal(self.path / JOURNAL_FILE, self.secret)
+        self._redo_journal()
+
+    def _redo_journal(self) -> None:
+        """Commit what the journal holds past the checkpoint, in a map grown as it needs (the
+        store that journaled it may have grown its map without committing the larger size)."""
+        journal = self.journal
+        assert journal is not None
+        while True:
+            try:
+                with self._commit() as txn:
+                    batches = journal.replay(txn.counter(JOURNAL_KEY))
+                    if batches:
+                        txn.redo(batches)
+                        txn.set_counter(JOURNAL_KEY, journal.seq)
+                break
+            except MapFull:
+                if not self.enlarge():
+                    raise
+        if batches:
+            log.info("redid %d batches from the journal", len(batches))
+        journal.restart()
 
     @property
     def places(self) -> dict[str, Place]:
@@ -105,11 +154,45 @@ class Storage:
         return self.tables.places
 
     def backup(self, destination: str | os.PathLike[str]) -> None:
-        """Write a consistent, compacted copy of the data to a new directory (safe while serving)."""
-        Path(destination).mkdir(mode=0o700, parents=True)
-        self.env.copy(str(destination), compact=True)
+        """Write a consistent, compacted copy of the data to a new directory (safe while serving).
+
+        The copy is the data file's last checkpoint with the batches the journal holds past
+        it redone, up to the first one the copy caught half-written (a batch a store is
+        writing as the copy is made).
+        """
+        target = Path(destination)
+        target.mkdir(mode=0o700, parents=True)
+        self.env.copy(str(target), compact=True)
+        journal = self.path / JOURNAL_FILE
+        if self.pending(journal):
+            shutil.copyfile(journal, target / JOURNAL_FILE)
+            Storage(target, self.max_map_size, self.max_map_size).close()  # redoes the journal
+            (target / JOURNAL_FILE).unlink()
+
+    def pending(self, journal: Path) -> int:
+        """How many batches a journal file holds past the data file's checkpoint."""
+        if not journal.exists():
+            return 0
+        with self.read() as txn:
+            after = txn.counter(JOURNAL_KEY)
+        reader = Journal(journal, self.secret, readonly=True)
+        try:
+            return len(reader.replay(after))
+        finally:
+            reader.close()
 
     def close(self) -> None:
+        """Checkpoint (a writable store) and close the data file and journal."""
+        if self.journal is not None:
+            try:
+                self.checkpoint()
+            except JobstoreError:
+                log.exception(
+                    "could not checkpoint at close: the journal keeps the changes, and the "
+                    "store redoes them when it opens next"
+                )
+            self.journal.close()
+            self.journal = None
         self.env.close()
 
     def used(self) -> int:
@@ -125,9 +208,10 @@ class Storage:
         return (2 + _pages(self.env.stat()) + self._pages(databases)) * self._page_size
 
     def _pages(self, databases: Iterable[Database]) -> int:
-        """The branch, leaf and overflow pages of these databases."""
-        with self.env.begin() as txn:
-            return sum(_pages(txn.stat(db)) for db in databases)
+        """The branch, leaf and overflow pages of these databases (with the batches journaled
+        since the last checkpoint, in the thread that writes)."""
+        with self.read() as txn:
+            return sum(txn.pages(db) for db in databases)
 
     def _make_room_to_share(self) -> None:
         """Grow the map so that the upgrade to format 6 fits, or refuse it: until it commits,
@@ -146,7 +230,7 @@ class Storage:
                 f"({self.max_map_size}): raise --max-map-size to at least {needed}"
             )
         if needed > self.map_size():
-            self.env.set_mapsize(needed)
+            self._resize(needed)
 
     def fill(self) -> float:
         """How much of the map's ceiling (``max_map_size``) the data uses, from 0 to 1."""
@@ -156,15 +240,18 @@ class Storage:
         """Double the map (up to the ceiling) once its highest page is GROW_AT in; return whether
         the data in use has reached ``full_at`` of the ceiling. Call with no transaction open.
 
-        Counting the pages in use (:meth:`used`) costs a read transaction and a stat per
-        database, so it is skipped while the file's end is below ``full_at``: no page past
-        the highest one is in use.
+        Counting the pages in use (:meth:`used`) costs a stat per database, so with no
+        batch since the last checkpoint it is skipped while the file's end is below
+        ``full_at``: no page past the highest one is in use. The batches since may have
+        used pages past it (LMDB says where the file ends only as of the last commit).
         """
         info = self.env.info()
         size, end = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
         if size < self.max_map_size and end > size * GROW_AT:
-            self.env.set_mapsize(min(size * 2, self.max_map_size))
-        return end >= full_at * self.max_map_size and self.fill() >= full_at
+            self.checkpoint()  # LMDB resizes no map a transaction has open
+            self._resize(min(size * 2, self.max_map_size))
+        near = self._open is not None or end >= full_at * self.max_map_size
+        return near and self.fill() >= full_at
 
     def map_size(self) -> int:
         return int(self.env.info()["map_size"])
@@ -177,7 +264,27 @@ class Storage:
         at the ceiling already. Call with no transaction open."""
         if self.at_ceiling():
             return False
-        self.env.set_mapsize(min(self.map_size() * 2, self.max_map_size))
+        self._abandon()  # the caller found the open transaction full: redone in the larger map
+        self._resize(min(self.map_size() * 2, self.max_map_size))
+        return True
+
+    def _resize(self, size: int) -> None:
+        self.env.set_mapsize(size)
+        self._at_ceiling = self.at_ceiling()
+
+    def could_make_room(self) -> bool:
+        """Whether :meth:`make_room` has something to try."""
+        return not self.at_ceiling() or bool(self.journal and self.journal.end)
+
+    def make_room(self) -> bool:
+        """After a batch found the map full: double it, or at the ceiling checkpoint, which frees
+        the pages the batches since the last checkpoint replaced (LMDB reuses no page a
+        transaction freed before it commits). False when neither is left to do."""
+        if self.enlarge():
+            return True
+        if not self.could_make_room():
+            return False
+        self.checkpoint()
         return True
 
     def misplaced(self) -> str | None:
@@ -196,19 +303,141 @@ class Storage:
 
     @contextmanager
     def write(self) -> Iterator[Txn]:
-        """One write transaction, committed (and fsynced) when the block ends without error.
+        """One batch's transaction: durable (journaled and flushed) when the block ends without
+        error; on an error, as if it had never begun.
 
-        LMDB's errors leave as :class:`MapFull` or :class:`StorageError`.
+        LMDB's errors leave as :class:`MapFull` or :class:`StorageError`, and so does a journal
+        that cannot be written.
         """
-        with refusing(), self.env.begin(write=True) as txn:
-            top = Txn(self, txn)
+        journal = self.journal
+        if journal is None:
+            raise StorageError("this store was opened read-only: it cannot write")
+        with refusing():
+            open_ = self._open or self._begin()
+            top = Txn(self, open_, ops=[])
+            try:
+                yield top
+                top.flush()
+            except BaseException:
+                self._abandon()
+                raise
+        if top.ops:
+            try:
+                journal.append(top.ops)
+            except OSError as exc:
+                self._abandon()
+                raise StorageError(
+                    f"the store could not write its journal ({exc.strerror}): the batch is not "
+                    "applied; retry the request, and ask the operator to check the disk"
+                ) from exc
+            self._last_at = _mono_ms()
+            if self._first_at is None:
+                self._first_at = self._last_at
+            # At its ceiling the map cannot grow, and only a commit frees the pages replaced.
+            if journal.end >= CHECKPOINT_BYTES or self._at_ceiling:
+                self._checkpoint_after_batch()
+
+    @contextmanager
+    def _commit(self) -> Iterator[Txn]:
+        """A write transaction of its own, committed durably (LMDB's way) when the block ends
+        without error: for opening the store, before batches share one."""
+        with refusing(), self.env.begin(write=True) as raw:
+            top = Txn(self, raw)
             yield top
             top.flush()
 
     @contextmanager
     def read(self) -> Iterator[Txn]:
-        with self.env.begin() as txn:
-            yield Txn(self, txn)
+        """A read transaction. In the thread that writes, while batches share an open write
+        transaction, it is that transaction: a new read transaction would see only the last
+        checkpoint."""
+        if self._open is not None and threading.get_ident() == self._owner:
+            txn = Txn(self, self._open)
+            yield txn
+            if txn.writes:
+                raise RuntimeError("a read transaction wrote: use Storage.write")
+            return
+        with self.env.begin() as raw:
+            yield Txn(self, raw)
+
+    def checkpoint_in(self, mono: int) -> int | None:
+        """Ms from monotonic reading ``mono`` until the store should checkpoint (<= 0: now), or
+        None when no batch was journaled since the last checkpoint."""
+        if self._first_at is None:
+            return None
+        return max(self._first_at + CHECKPOINT_MS, self._last_at + QUIET_MS) - mono
+
+    def checkpoint(self) -> None:
+        """Commit the batches journaled since the last checkpoint into the data file (LMDB's
+        durable commit) and start the journal again. A full map grows once and tries again."""
+        journal = self.journal
+        if journal is None:
+            return
+        for attempt in (1, 2):
+            if self._open is None:
+                if not journal.end:
+                    return
+                with refusing():
+                    self._begin()
+            open_ = self._open
+            self._open = None
+            assert open_ is not None
+            if not journal.end:
+                open_.abort()  # nothing written in it: nothing to commit
+                return
+            try:
+                with refusing():
+                    top = Txn(self, open_)
+                    top.set_counter(JOURNAL_KEY, journal.seq)
+                    top.flush()
+                    open_.commit()
+            except MapFull:
+                open_.abort()
+                if attempt == 2 or not self.enlarge():
+                    raise
+                continue
+            except BaseException:
+                open_.abort()
+                raise
+            journal.restart()
+            self._first_at = None
+            return
+
+    def _checkpoint_after_batch(self) -> None:
+        """Checkpoint a journal grown to CHECKPOINT_BYTES. The batch is durable already, so a
+        checkpoint that fails is logged, not raised; the journal keeps growing until one works."""
+        try:
+            self.checkpoint()
+        except JobstoreError:
+            log.exception("checkpoint failed; the journal keeps the batches, retrying later")
+
+    def _begin(self) -> Transaction:
+        """Open the write transaction batches share: the last checkpoint, then the batches
+        journaled since (after a batch failed, the transaction that held them was abandoned)."""
+        journal = self.journal
+        assert journal is not None
+        self._open = open_ = self.env.begin(write=True)
+        self._owner = threading.get_ident()
+        if not journal.end:
+            return open_
+        top = Txn(self, open_)
+        end, seq = journal.end, journal.seq
+        batches = journal.replay(top.counter(JOURNAL_KEY))
+        if (journal.end, journal.seq) != (end, seq):
+            self._abandon()
+            journal.end, journal.seq = end, seq
+            raise StorageError(
+                f"the journal {journal.path} no longer holds the batches written since the last "
+                "checkpoint (changed by another program?): restart the store on its data"
+            )
+        top.redo(batches)
+        return open_
+
+    def _abandon(self) -> None:
+        """Abort the write transaction batches share; the next batch redoes the journal."""
+        if self._open is not None:
+            self._open.abort()
+            self._open = None
 
 
 def _pages(stat: Mapping[str, Any]) -> int:

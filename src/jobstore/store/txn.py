@@ -45,14 +45,21 @@ from .scheduling import Settings, settings_from
 
 if TYPE_CHECKING:
     from ._lmdb_raw import Transaction
+    from .journal import Op
     from .storage import Storage
 
 
 class Txn(RawTxn):
     """Typed access to the databases inside one LMDB transaction."""
 
-    def __init__(self, storage: Storage, txn: Transaction, parent: Txn | None = None) -> None:
-        super().__init__(storage, txn, parent)
+    def __init__(
+        self,
+        storage: Storage,
+        txn: Transaction,
+        parent: Txn | None = None,
+        ops: list[Op] | None = None,
+    ) -> None:
+        super().__init__(storage, txn, parent, ops)
         # Jobs :meth:`take_next` took out of the take order: their next put need not look there.
         self._taken: set[tuple[str, str]] = set()
 
