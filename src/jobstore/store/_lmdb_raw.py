@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Self
+from typing import TYPE_CHECKING, NoReturn, Self
 
 import lmdb
 
@@ -244,7 +244,7 @@ class RawTxn:
             for key, value in undo.items():
                 outer.setdefault(key, value)
 
-    def redo(self, batches: list[list[Any]]) -> None:
+    def redo(self, batches: list[list[Op]]) -> None:
         """Make again the writes of batches read back from the journal (not journaled again)."""
         txn, databases = self._lmdb, self.storage.tables.databases
         try:
@@ -280,9 +280,10 @@ class RawTxn:
         meta, ops = self._meta, self.ops
         try:
             for key, value in self._counters.items():
-                self._lmdb.put(key, u64(value), db=meta)
+                encoded = u64(value)
+                self._lmdb.put(key, encoded, db=meta)
                 if ops is not None:
-                    ops.append((self._number[meta], key, u64(value)))
+                    ops.append((self._number[meta], key, encoded))
         except lmdb.Error as exc:
             refuse(exc)
 

@@ -10,8 +10,9 @@ appends each batch's puts and deletes here instead: one write and one
 beginning; a page that many batches changed is written once per checkpoint.
 
 A record is a 32-byte header (magic, payload length, batch number, a 16-byte
-BLAKE2b MAC keyed with the store's secret) and a CBOR payload: a list of
-``[database, key, value]``, value null for a delete. The data file holds the
+BLAKE2b MAC keyed with the store's secret) and its payload: each write as a
+database number (1 byte), key length (2), value length (4; all ones for a
+delete), then the key and the value. The data file holds the
 number of the last batch its checkpoint includes; replaying applies the records
 numbered one past it, two past it and so on from offset 0, and stops at the
 first record missing, torn (its MAC fails) or numbered otherwise (left over from
@@ -30,13 +31,12 @@ import hmac
 import os
 import struct
 from pathlib import Path
-from typing import Any
-
-import cbor2
 
 JOURNAL_FILE = "journal"
 MAGIC = b"jsJ1"
 HEADER = struct.Struct(">4sIQ16s")  # magic, payload length, batch number, MAC
+WRITE = struct.Struct(">BHI")  # database number, key length, value length
+DELETE = 0xFFFFFFFF  # the value length of a delete
 CHUNK = 1 << 20  # the file grows by zero-filled chunks of at least this
 ZEROS = bytes(CHUNK)
 
@@ -51,7 +51,7 @@ class Journal:
         """Open (and unless ``readonly``, create) the journal at ``path``; ``key`` is the
         store's secret, which the records' MACs are keyed with."""
         self.path = path
-        self._key = key
+        self._keyed = hashlib.blake2b(key=key, digest_size=16)  # copied per record: keyed once
         new = not readonly and not path.exists()
         flags = os.O_RDONLY if readonly else os.O_RDWR | os.O_CREAT
         self._fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
@@ -69,11 +69,11 @@ class Journal:
     def close(self) -> None:
         os.close(self._fd)
 
-    def replay(self, after: int) -> list[list[Any]]:
+    def replay(self, after: int) -> list[list[Op]]:
         """The writes of each batch journaled after batch ``after``, in order; the next
         record goes after the last of them."""
         data = memoryview(os.pread(self._fd, self._size, 0))
-        batches: list[list[Any]] = []
+        batches: list[list[Op]] = []
         pos, seq = 0, after
         while pos + HEADER.size <= len(data):
             magic, length, number, mac = HEADER.unpack_from(data, pos)
@@ -83,15 +83,22 @@ class Journal:
             payload = data[start : start + length]
             if not hmac.compare_digest(mac, self._mac(data[pos : pos + 16], payload)):
                 break
-            batches.append(cbor2.loads(payload))
+            batches.append(_writes(payload))
             pos, seq = start + length, number
         self.end, self.seq = pos, seq
         return batches
 
-    def append(self, ops: list[Op]) -> None:
-        """Write one batch's writes and flush them to the device (``OSError`` if that fails:
-        the batch is then not durable, and the next append takes its place)."""
-        payload = cbor2.dumps(ops)
+    def append(self, ops: list[Op]) -> int:
+        """Write one batch's writes and flush them to the device; return the record's size.
+        ``OSError`` if that fails: the batch is then not durable, and the next append takes
+        its place."""
+        parts: list[bytes] = []
+        for number, key, value in ops:
+            if value is None:
+                parts += (WRITE.pack(number, len(key), DELETE), key)
+            else:
+                parts += (WRITE.pack(number, len(key), len(value)), key, value)
+        payload = b"".join(parts)
         head = HEADER.pack(MAGIC, len(payload), self.seq + 1, bytes(16))[:16]
         record = head + self._mac(head, payload) + payload
         end = self.end + len(record)
@@ -101,6 +108,7 @@ class Journal:
         os.fdatasync(self._fd)
         self.end, self.seq = end, self.seq + 1
         self.appended += 1
+        return len(record)
 
     def restart(self) -> None:
         """Begin again from offset 0: the batches so far are in the data file's checkpoint."""
@@ -115,6 +123,24 @@ class Journal:
         self._size = size
 
     def _mac(self, head: bytes | memoryview, payload: bytes | memoryview) -> bytes:
-        mac = hashlib.blake2b(head, key=self._key, digest_size=16)
+        mac = self._keyed.copy()
+        mac.update(head)
         mac.update(payload)
         return mac.digest()
+
+
+def _writes(payload: memoryview) -> list[Op]:
+    """A record's writes, from its payload (whose MAC has been checked)."""
+    ops: list[Op] = []
+    pos = 0
+    while pos < len(payload):
+        number, key_length, value_length = WRITE.unpack_from(payload, pos)
+        pos += WRITE.size
+        key = bytes(payload[pos : pos + key_length])
+        pos += key_length
+        if value_length == DELETE:
+            ops.append((number, key, None))
+        else:
+            ops.append((number, key, bytes(payload[pos : pos + value_length])))
+            pos += value_length
+    return ops

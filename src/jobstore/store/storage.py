@@ -72,6 +72,7 @@ GROW_AT = 0.8  # grow the map before a batch when its highest page is this far i
 CHECKPOINT_BYTES = 4 << 20  # checkpoint, busy or not, once the journal holds this much
 CHECKPOINT_MS = 5000  # checkpoint when quiet this long after the first batch journaled since
 QUIET_MS = 5  # quiet: no batch journaled for this long (a checkpoint then delays no request)
+PAGES_PER_WRITE = 16  # pages one put or delete can take: twice a B-tree's depth, and more
 
 
 def _mono_ms() -> int:
@@ -114,6 +115,7 @@ class Storage:
         self._owner = 0  # the thread that began it
         self._first_at: int | None = None  # when the first batch since the checkpoint was journaled
         self._last_at = 0  # when the last batch was
+        self._new_pages = 0  # at most how many pages past the file's end the batches since used
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
@@ -240,17 +242,17 @@ class Storage:
         """Double the map (up to the ceiling) once its highest page is GROW_AT in; return whether
         the data in use has reached ``full_at`` of the ceiling. Call with no transaction open.
 
-        Counting the pages in use (:meth:`used`) costs a stat per database, so with no
-        batch since the last checkpoint it is skipped while the file's end is below
-        ``full_at``: no page past the highest one is in use. The batches since may have
-        used pages past it (LMDB says where the file ends only as of the last commit).
+        Counting the pages in use (:meth:`used`) costs a stat per database, so it is
+        skipped while the file's end is below ``full_at``: no page past the highest one is
+        in use. LMDB says where the file ends only as of the last commit; the batches since
+        may have used up to ``_new_pages`` more.
         """
         info = self.env.info()
         size, end = int(info["map_size"]), int((info["last_pgno"] + 1) * self._page_size)
         if size < self.max_map_size and end > size * GROW_AT:
             self.checkpoint()  # LMDB resizes no map a transaction has open
             self._resize(min(size * 2, self.max_map_size))
-        near = self._open is not None or end >= full_at * self.max_map_size
+        near = end + self._new_pages * self._page_size >= full_at * self.max_map_size
         return near and self.fill() >= full_at
 
     def map_size(self) -> int:
@@ -323,13 +325,16 @@ class Storage:
                 raise
         if top.ops:
             try:
-                journal.append(top.ops)
+                written = journal.append(top.ops)
             except OSError as exc:
                 self._abandon()
                 raise StorageError(
                     f"the store could not write its journal ({exc.strerror}): the batch is not "
                     "applied; retry the request, and ask the operator to check the disk"
                 ) from exc
+            # A put or delete copies at most its root-to-leaf path and splits it at most once
+            # more; a value's overflow pages are at most its bytes' worth, all in the record.
+            self._new_pages += len(top.ops) * PAGES_PER_WRITE + written // self._page_size + 1
             self._last_at = _mono_ms()
             if self._first_at is None:
                 self._first_at = self._last_at
@@ -401,6 +406,7 @@ class Storage:
                 raise
             journal.restart()
             self._first_at = None
+            self._new_pages = 0
             return
 
     def _checkpoint_after_batch(self) -> None:
