@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -279,24 +280,46 @@ def device_idle_rate(device: str | None, seconds: float) -> float | None:
     return round((last - first) / seconds, 1)
 
 
-def lmdb_commits(data_dir: str | None) -> tuple[int, int] | None:
-    """(last committed transaction id, page size) of the LMDB environment in ``data_dir``.
+JOURNAL_HEADER = struct.Struct(">4sIQ16s")  # jobstore's journal record: magic, length, number, MAC
 
-    Read from the meta pages by a read-only, lock-free open (no reader slot, nothing
-    written); the difference of two ids is the number of write transactions committed.
+
+def lmdb_commits(data_dir: str | None) -> tuple[int, int] | None:
+    """(last committed LMDB transaction id, last journaled batch number) of the jobstore data in
+    ``data_dir``: differences count LMDB commits (checkpoints) and batches journaled.
+
+    LMDB is read by a read-only, lock-free open (no reader slot, nothing written). The batch
+    number is the one the last checkpoint holds (meta key ``journal``) or, past it, the last of
+    the records numbered on from the journal's start (jobstore.store.journal; MACs unchecked).
     """
     if data_dir is None:
         return None
     import lmdb  # only the jobstore systems need it
 
     try:
-        env = lmdb.open(data_dir, readonly=True, lock=False, max_dbs=0)
+        env = lmdb.open(data_dir, readonly=True, lock=False, max_dbs=4)
     except lmdb.Error:
         return None
     try:
-        return int(env.info()["last_txnid"]), int(env.stat()["psize"])
+        txnid = int(env.info()["last_txnid"])
+        try:
+            with env.begin() as txn:
+                stored = txn.get(b"journal", db=env.open_db(b"hot", txn=txn, create=False))
+        except lmdb.Error:  # older data: no journal
+            stored = None
     finally:
         env.close()
+    batch = int.from_bytes(stored, "big") if stored else 0
+    try:
+        data = Path(data_dir, "journal").read_bytes()
+    except OSError:
+        return txnid, batch
+    pos = 0
+    while pos + JOURNAL_HEADER.size <= len(data):
+        magic, length, number, _ = JOURNAL_HEADER.unpack_from(data, pos)
+        if magic != b"jsJ1" or number != batch + 1:
+            break
+        batch, pos = number, pos + JOURNAL_HEADER.size + length
+    return txnid, batch
 
 
 class IoMeter:
@@ -326,7 +349,7 @@ class IoMeter:
             out["server_wchar"] = wchar - self.first[1]
         if txn is not None and self.first[2] is not None:
             out["commits"] = txn[0] - self.first[2][0]
-            out["page_size"] = txn[1]
+            out["journaled"] = txn[1] - self.first[2][1]
         return out
 
 
@@ -336,16 +359,18 @@ def io_figures(io: dict[str, float], jobs: int) -> dict[str, float | None]:
     def per_job_kb(key: str) -> float | None:
         return round(io[key] / 1024 / jobs, 2) if key in io and jobs else None
 
-    commits = io.get("commits")
-    pages = None
-    if commits and "server_wchar" in io and io.get("page_size"):
-        pages = round(io["server_wchar"] / io["page_size"] / commits, 2)
+    def per_job(count: float | None) -> float | None:
+        return round(count / jobs, 3) if count is not None and jobs else None
+
+    commits, journaled = io.get("commits"), io.get("journaled")
+    flushes = None if commits is None or journaled is None else 2 * commits + journaled
     return {
         "io_seconds": io.get("seconds"),
         "device_kb_per_job": per_job_kb("device_bytes"),
         "wchar_kb_per_job": per_job_kb("server_wchar"),
-        "commits_per_job": round(commits / jobs, 3) if commits is not None and jobs else None,
-        "lmdb_pages_per_commit": pages,
+        "commits_per_job": per_job(commits),
+        "journaled_per_job": per_job(journaled),
+        "flushes_per_job": per_job(flushes),
     }
 
 

@@ -219,7 +219,7 @@ def brief(line: dict[str, Any]) -> str:
             parts.append(
                 f"home p50 {figures['p50_ms']} p99 {figures['p99_ms']} ms, server CPU {cpu} "
                 f"ms/job, device {figures['device_kb_per_job']} kB/job, "
-                f"pages/commit {figures['lmdb_pages_per_commit']}"
+                f"flushes/job {figures['flushes_per_job']}"
             )
         else:
             parts.append(f"{phase} p50 {figures['p50_ms']} p99 {figures['p99_ms']} ms")

@@ -633,6 +633,16 @@ def test_store_stats_describe_datasources_records_and_the_data_file(h: Harness) 
     assert stats["requests_handled"] == 3
 
 
+def test_store_stats_count_the_batches_journaled_and_the_checkpoints(h: Harness) -> None:
+    h.submit()
+    h.submit("j2")
+    before = h.ok("GET", "/stats")["journal"]
+    assert before["batches"] == 2 and before["bytes"] > 0
+    h.storage.checkpoint()
+    after = h.ok("GET", "/stats")["journal"]
+    assert after == {"batches": 2, "checkpoints": before["checkpoints"] + 1, "bytes": 0}
+
+
 def test_a_waiting_take_is_answered_in_the_same_commit_as_the_submit(h: Harness) -> None:
     submit = Request("POST", "/ds/job/", body={"job": "j", "client": "c"})
     take = Request("POST", "/server/ds/job/take", body={"wait": 1000})

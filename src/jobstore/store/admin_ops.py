@@ -84,6 +84,7 @@ def store_stats(ctx: Context, request: Request, params: list[str]) -> Outcome:
             "max_map_size": storage.max_map_size,
             "fill": round(storage.fill(), 4),
         },
+        "journal": storage.journal_stats(),
         "requests_handled": shared.handled,
         **shared.transport,
     }

@@ -116,6 +116,7 @@ class Storage:
         self._first_at: int | None = None  # when the first batch since the checkpoint was journaled
         self._last_at = 0  # when the last batch was
         self._new_pages = 0  # at most how many pages past the file's end the batches since used
+        self.checkpoints = 0  # made since the store opened
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
@@ -365,6 +366,14 @@ class Storage:
         with self.env.begin() as raw:
             yield Txn(self, raw)
 
+    def journal_stats(self) -> dict[str, int]:
+        """For /stats: batches journaled and checkpoints made since the store started, and the
+        journal's bytes since the last checkpoint."""
+        journal = self.journal
+        if journal is None:
+            return {"batches": 0, "checkpoints": 0, "bytes": 0}
+        return {"batches": journal.appended, "checkpoints": self.checkpoints, "bytes": journal.end}
+
     def checkpoint_in(self, mono: int) -> int | None:
         """Ms from monotonic reading ``mono`` until the store should checkpoint (<= 0: now), or
         None when no batch was journaled since the last checkpoint."""
@@ -405,6 +414,7 @@ class Storage:
                 open_.abort()
                 raise
             journal.restart()
+            self.checkpoints += 1
             self._first_at = None
             self._new_pages = 0
             return
