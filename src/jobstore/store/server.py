@@ -266,7 +266,7 @@ class Server:
         ):
             self.service.watch_data_dir(now)  # an idle store notices a deleted directory too
             self._expire_observers(mono)
-            self._checkpoint(mono)
+            self.service.storage.checkpoint_if_due(mono)  # quiet: commit the journaled batches
             return
         # For GET /stats, which only a batch answers: an idle turn skips this.
         self.service.transport.update(
@@ -319,16 +319,6 @@ class Server:
             self._reply(item, outcome)
             self._publish(outcome.changes)
         self._expire_observers(mono)
-
-    def _checkpoint(self, mono: int) -> None:
-        """Commit the journaled batches into the data file once the store is quiet and one is due."""
-        storage = self.service.storage
-        due = storage.checkpoint_in(mono)
-        if due is not None and due <= 0:
-            try:
-                storage.checkpoint()
-            except JobstoreError:
-                log.exception("checkpoint failed; the journal keeps the batches, retrying later")
 
     def _reply(self, item: _Pending, outcome: Outcome) -> None:
         reply = outcome.reply

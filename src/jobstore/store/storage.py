@@ -15,10 +15,11 @@ A writable store keeps one LMDB write transaction open across batches and makes
 each batch durable in its :class:`~jobstore.store.journal.Journal` (one small write
 and one flush); the open transaction commits as a *checkpoint* when the store has
 been quiet for QUIET_MS at least CHECKPOINT_MS after the first batch journaled
-since the last one, when the journal reaches CHECKPOINT_BYTES, before the map
-grows, and at close. Opening the store redoes what the journal holds past the
-data file's checkpoint. Another process reading the data file (``check``,
-``backup``) sees the last checkpoint; ``backup`` copies the journal beside it.
+since the last one, when the journal reaches CHECKPOINT_BYTES or CHECKPOINT_WRITES,
+before the map grows, after every batch at the map's ceiling, and at close.
+Opening the store redoes what the journal holds past the data file's checkpoint.
+Another process reading the data file (``check``, ``backup``) sees the last
+checkpoint; ``backup`` redoes the journal into its copy.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ DEFAULT_MAP_SIZE = 1 << 30
 DEFAULT_MAX_MAP_SIZE = 1 << 34
 GROW_AT = 0.8  # grow the map before a batch when its highest page is this far in
 CHECKPOINT_BYTES = 4 << 20  # checkpoint, busy or not, once the journal holds this much
+# ... or this many writes: the open transaction keeps every page they changed in memory (LMDB
+# spills only past 512 MiB), one page or so each when the keys are random.
+CHECKPOINT_WRITES = 16384
 CHECKPOINT_MS = 5000  # checkpoint when quiet this long after the first batch journaled since
 QUIET_MS = 5  # quiet: no batch journaled for this long (a checkpoint then delays no request)
 PAGES_PER_WRITE = 16  # pages one put or delete can take: twice a B-tree's depth, and more
@@ -116,7 +120,9 @@ class Storage:
         self._first_at: int | None = None  # when the first batch since the checkpoint was journaled
         self._last_at = 0  # when the last batch was
         self._new_pages = 0  # at most how many pages past the file's end the batches since used
+        self._writes = 0  # puts and deletes journaled since the checkpoint
         self.checkpoints = 0  # made since the store opened
+        self._retry_at = -CHECKPOINT_MS  # when the last checkpoint failed
         if readonly:
             with self.read() as txn:
                 self.secret = txn.meta(SECRET_KEY) or b""
@@ -340,7 +346,12 @@ class Storage:
             if self._first_at is None:
                 self._first_at = self._last_at
             # At its ceiling the map cannot grow, and only a commit frees the pages replaced.
-            if journal.end >= CHECKPOINT_BYTES or self._at_ceiling:
+            self._writes += len(top.ops)
+            if (
+                journal.end >= CHECKPOINT_BYTES
+                or self._writes >= CHECKPOINT_WRITES
+                or self._at_ceiling
+            ):
                 self._checkpoint_after_batch()
 
     @contextmanager
@@ -416,16 +427,34 @@ class Storage:
             journal.restart()
             self.checkpoints += 1
             self._first_at = None
-            self._new_pages = 0
+            self._new_pages = self._writes = 0
             return
 
+    def checkpoint_if_due(self, mono: int) -> None:
+        """Checkpoint if :meth:`checkpoint_in` says it is time (the serve loop calls this when
+        idle)."""
+        due = self.checkpoint_in(mono)
+        if due is not None and due <= 0:
+            self._try_checkpoint(mono)
+
     def _checkpoint_after_batch(self) -> None:
-        """Checkpoint a journal grown to CHECKPOINT_BYTES. The batch is durable already, so a
-        checkpoint that fails is logged, not raised; the journal keeps growing until one works."""
+        """Checkpoint a journal grown to CHECKPOINT_BYTES or CHECKPOINT_WRITES, or a map at its
+        ceiling, unless a checkpoint failed less than CHECKPOINT_MS ago."""
+        mono = _mono_ms()
+        if mono >= self._retry_at + CHECKPOINT_MS:
+            self._try_checkpoint(mono)
+
+    def _try_checkpoint(self, mono: int) -> None:
+        """The batches are durable already, so a checkpoint that fails is logged, not raised,
+        and tried again CHECKPOINT_MS later; the journal keeps them meanwhile."""
         try:
             self.checkpoint()
         except JobstoreError:
-            log.exception("checkpoint failed; the journal keeps the batches, retrying later")
+            log.exception(
+                "checkpoint failed; the journal keeps the batches, trying again in %d ms",
+                CHECKPOINT_MS,
+            )
+            self._first_at = self._retry_at = mono
 
     def _begin(self) -> Transaction:
         """Open the write transaction batches share: the last checkpoint, then the batches
