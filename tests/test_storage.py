@@ -1,3 +1,4 @@
+import os
 import time
 from pathlib import Path
 
@@ -179,6 +180,30 @@ def test_a_store_from_a_newer_jobstore_is_refused(tmp_path: Path) -> None:
     storage.close()
     with pytest.raises(ConfigError, match="written by a newer jobstore"):
         Storage(tmp_path)
+
+
+def test_a_refused_store_lets_go_of_its_files(tmp_path: Path) -> None:
+    storage = Storage(tmp_path)
+    with storage.write() as txn:
+        txn.set_meta(FORMAT_KEY, u64(FORMAT + 1))
+    storage.close()
+    with pytest.raises(ConfigError) as refused:
+        Storage(tmp_path)
+    # Its traceback still holds the half-made store: its files are closed all the same.
+    assert refused.traceback and _open_files(tmp_path) == []
+
+
+def _open_files(directory: Path) -> list[str]:
+    """The files under ``directory`` this process holds open."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since listed
+            continue
+        if target.startswith(str(directory)):
+            found.append(target)
+    return sorted(found)
 
 
 def test_counters_set_in_a_failed_nested_transaction_are_dropped(tmp_path: Path) -> None:

@@ -107,6 +107,17 @@ class Storage:
         check_data_file(self.path)
         self.max_map_size = max(max_map_size, 1 << 16)
         self.env = open_environment(self.path, min(map_size, self.max_map_size), readonly)
+        try:
+            self._open_data(readonly, cache_bytes)
+        except BaseException:  # refused (a newer format, no room to upgrade): let go of the files
+            if self.journal is not None:
+                self.journal.close()
+            self.env.close()
+            raise
+
+    def _open_data(self, readonly: bool, cache_bytes: int) -> None:
+        """Read the layout and secret; unless ``readonly``, upgrade the data and redo the journal."""
+        self.journal: Journal | None = None  # a read-only store has none
         self._at_ceiling = self.at_ceiling()
         # Each table's (database, key prefix), as the format on disk lays them out.
         self.tables, shared = open_tables(self.env, readonly)
@@ -114,7 +125,6 @@ class Storage:
         # What the directory and its data file were when opened, to notice them replaced.
         self._identity = (identity(self.path), identity(self.path / DATA_FILE))
         self.cache = RecordCache(cache_bytes)
-        self.journal: Journal | None = None  # a read-only store has none
         self._open: Transaction | None = None  # the write transaction batches share
         self._owner = 0  # the thread that began it
         self._first_at: int | None = None  # when the first batch since the checkpoint was journaled
