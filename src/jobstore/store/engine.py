@@ -1,12 +1,13 @@
-"""The batch engine under :class:`jobstore.store.operations.Service`: one commit per batch of requests.
+"""The batch engine under :class:`jobstore.store.operations.Service`: one durable write per batch.
 
-:meth:`Engine.handle_batch` runs a batch of requests in one LMDB write
-transaction (one fsync for the lot). It returns, per request, the reply and the
-committed changes to publish; the socket adapter sends and publishes them. The
-engine is given its operations as a route function (request -> operation and path
-parameters) and the store's own work to commit with every batch as hooks; it runs
-each operation with a :class:`~jobstore.store.context.Context`, and itself expires
-leases, fails expired jobs and purges old ones.
+:meth:`Engine.handle_batch` runs a batch of requests in one transaction (one
+journal write and flush for the lot: :meth:`jobstore.store.storage.Storage.write`).
+It returns, per request, the reply and the committed changes to publish; the
+socket adapter sends and publishes them. The engine is given its operations as a
+route function (request -> operation and path parameters) and the store's own
+work to commit with every batch as hooks; it runs each operation with a
+:class:`~jobstore.store.context.Context`, and itself expires leases, fails
+expired jobs and purges old ones.
 
 A failing request must leave nothing half-applied. The operations check
 everything before they write, so a request that fails has almost always written
@@ -16,9 +17,10 @@ again with each request in a nested transaction of its own, which rolls back
 alone. Nested transactions are not used always because they cost about as much
 as the request's own writes: LMDB copies every page the request touches.
 
-A batch that finds the map full (LMDB's MapFullError, in a request or at the
-commit) is abandoned, the map is doubled up to its ceiling, and the batch runs
-again; only at the ceiling does a request get 507. New jobs are refused before
+A batch that finds the map full (LMDB's MapFullError) is abandoned, the map is
+doubled up to its ceiling (or, at the ceiling, the batches since the last
+checkpoint are committed, which frees the pages they replaced), and the batch runs
+again; only when neither is left to do does a request get 507. New jobs are refused before
 that, once the data in use reaches ``Limits.full_at`` of the ceiling, so work in
 flight keeps the room it needs.
 """

@@ -3,7 +3,7 @@
 The operations themselves are plain functions in :mod:`~jobstore.store.client_ops`,
 :mod:`~jobstore.store.server_ops`, :mod:`~jobstore.store.admin_ops` and
 :mod:`~jobstore.store.function_ops`, found by :mod:`~jobstore.store.routes`; the
-:class:`~jobstore.store.engine.Engine` runs them in batches, one commit per batch.
+:class:`~jobstore.store.engine.Engine` runs them in batches, one durable write per batch.
 No sockets here: the socket adapter (:mod:`jobstore.store.server`) drives a Service.
 """
 
@@ -20,7 +20,7 @@ __all__ = ["Limits", "Outcome", "Service"]
 
 
 class Service:
-    """The job store over ``storage``: handles requests, one commit per batch.
+    """The job store over ``storage``: handles requests, one durable write per batch.
 
     ``handle``, ``handle_batch``, ``lease_due_in``, ``timer_due_in`` and ``watch_data_dir``
     are its :class:`~jobstore.store.engine.Engine`'s (bound once: the socket adapter calls
