@@ -9,6 +9,7 @@ how a test opens the store again while it is open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -16,14 +17,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cbor2
 import pytest
 
 from jobstore.records import Job
 from jobstore.states import Status
 from jobstore.store.check import check
 from jobstore.store.datadir import DATA_FILE
-from jobstore.store.journal import HEADER, JOURNAL_FILE, MAGIC, Journal
+from jobstore.store.journal import HEADER, JOURNAL_FILE, MAGIC, Journal, Op
 from jobstore.store.storage import Storage
 
 from .test_service import T0, Harness
@@ -95,14 +95,27 @@ def delete(storage: Storage, job: str) -> None:
         txn.delete(record)
 
 
+def record(ops: list[Op], scratch: Path) -> bytes:
+    """The journal record of a batch of ``ops`` (its MAC under another key), written in a scratch
+    file as a store writes one: the sizes and payloads below follow the journal's encoding."""
+    journal = Journal(scratch, b"scratch")
+    try:
+        journal.append(ops)
+        return scratch.read_bytes()[: journal.end]
+    finally:
+        journal.close()
+        scratch.unlink()
+
+
 def filler(storage: Storage, length: int, value: bytes = b"") -> tuple[bytes, bytes]:
     """Journal one batch whose record is exactly ``length`` bytes, a meta entry of FILLER's; return
     the entry's key and value."""
-    number = storage.tables.number[storage.tables.meta]
-    for n in range(length):
-        for key in (FILLER, FILLER + b"+"):  # CBOR's longer length prefix skips one size
+    number, scratch = storage.tables.number[storage.tables.meta], storage.path.with_name("scratch")
+    more = length - len(record([(number, FILLER, value)], scratch))
+    for n in range(more - 2, more + 1):  # a longer length prefix may take a byte or two
+        for key in (FILLER, FILLER + b"+"):  # and skip a size a longer key hits
             padded = value + b"f" * n
-            if HEADER.size + len(cbor2.dumps([[number, key, padded]])) == length:
+            if n >= 0 and len(record([(number, key, padded)], scratch)) == length:
                 with storage.write() as txn:
                     txn.set_meta(key, padded)
                 return key, padded
@@ -230,13 +243,17 @@ def test_a_stale_record_where_the_new_ones_end_is_not_redone(tmp_path: Path) -> 
 def test_a_job_whose_request_holds_a_record_never_passes_for_one(tmp_path: Path) -> None:
     h = Harness(tmp_path / "data")
     storage, journal = h.storage, journal_of(h.storage)
-    payload = cbor2.dumps([[storage.tables.number[storage.tables.meta], b"forged", b"yes"]])
+    ops: list[Op] = [(storage.tables.number[storage.tables.meta], b"forged", b"yes")]
+    payload = record(ops, storage.path.with_name("scratch"))[HEADER.size :]
     # The submit is batch seq + 1 and a filler after the checkpoint seq + 2: the forgery claims
-    # seq + 3. Its MAC is wrong, in bytes that keep it UTF-8 (a request is text): the MAC's
-    # last byte and the payload's first two make one three-byte character.
-    mac = b"A" * 15 + b"\xe1"
-    forged = HEADER.pack(MAGIC, len(payload), journal.seq + 3, mac) + payload
-    request = "p" * 100 + forged.decode()
+    # seq + 3. Its MAC is wrong, in bytes that keep it UTF-8 (a request is text): its last byte
+    # may have to lead the payload's first bytes into one character.
+    forgeries = []
+    for last in (b"A", b"\xc2", b"\xe1"):
+        forged = HEADER.pack(MAGIC, len(payload), journal.seq + 3, b"A" * 15 + last) + payload
+        with contextlib.suppress(UnicodeDecodeError):
+            forgeries.append((forged, "p" * 100 + forged.decode()))
+    forged, request = forgeries[0]
     h.submit("trojan", request=request)
     at = (storage.path / JOURNAL_FILE).read_bytes().find(forged)
     assert 0 < at < journal.end
