@@ -24,6 +24,32 @@ from .outage import noticed, served_store  # noqa: F401
 TIMEOUT_MS = 5000
 
 
+@pytest.fixture(autouse=True)
+def close_stores() -> Iterator[None]:
+    """Close, after each test and in its thread, every store it opened and left open.
+
+    A store keeps its write transaction open between batches. Left to the GC, it may be freed
+    in another thread (a served store's), whose abort cannot release the writer lock the test's
+    thread holds: glibc's list of the locks that thread holds then points into the unmapped
+    lock file, and its next LMDB write crashes the run (SIGSEGV).
+    """
+    opened: list[Storage] = []
+    init = Storage.__init__
+
+    def tracked(storage: Storage, *args: Any, **kwargs: Any) -> None:
+        init(storage, *args, **kwargs)
+        opened.append(storage)
+
+    # Not monkeypatch: this fixture comes first, so it is undone last, after the test's patches.
+    Storage.__init__ = tracked  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        Storage.__init__ = init  # type: ignore[method-assign]
+    for storage in opened:
+        storage.close()  # again for those closed already: nothing to do
+
+
 @dataclass
 class RunningStore:
     server: Server
