@@ -26,6 +26,8 @@ own journal.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -69,10 +71,10 @@ class Journal:
     def close(self) -> None:
         os.close(self._fd)
 
-    def replay(self, after: int) -> list[list[Op]]:
-        """The writes of each batch journaled after batch ``after``, in order; the next
-        record goes after the last of them."""
-        data = memoryview(os.pread(self._fd, self._size, 0))
+    def replay(self, after: int, until: int | None = None) -> list[list[Op]]:
+        """The writes of each batch journaled after batch ``after`` (in the first ``until``
+        bytes, when given), in order; the next record goes after the last of them."""
+        data = memoryview(os.pread(self._fd, self._size if until is None else until, 0))
         batches: list[list[Op]] = []
         pos, seq = 0, after
         while pos + HEADER.size <= len(data):
@@ -104,8 +106,16 @@ class Journal:
         end = self.end + len(record)
         if end > self._size:
             self._grow(end)
-        os.pwrite(self._fd, record, self.end)
-        os.fdatasync(self._fd)
+        try:
+            if os.pwrite(self._fd, record, self.end) != len(record):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            os.fdatasync(self._fd)
+        except OSError:
+            # The batch is answered as not applied: keep a redo from finding its record, as far
+            # as a failing disk lets us (the next record goes in its place anyway).
+            with contextlib.suppress(OSError):
+                os.pwrite(self._fd, bytes(HEADER.size), self.end)
+            raise
         self.end, self.seq = end, self.seq + 1
         self.appended += 1
         return len(record)

@@ -181,15 +181,26 @@ class Storage:
         """
         target = Path(destination)
         target.mkdir(mode=0o700, parents=True)
-        self.env.copy(str(target), compact=True)
+        # The journal first: a checkpoint the store makes meanwhile lands in the data file's
+        # copy, and the journal's copy holds whatever came after the copy's own checkpoint.
         journal = self.path / JOURNAL_FILE
-        if self.pending(journal):
+        if journal.exists():
             shutil.copyfile(journal, target / JOURNAL_FILE)
+        self.env.copy(str(target), compact=True)
+        if not (target / JOURNAL_FILE).exists():
+            return
+        copy = Storage(target, readonly=True)
+        try:
+            pending = copy.pending()
+        finally:
+            copy.close()
+        if pending:
             Storage(target, self.max_map_size, self.max_map_size).close()  # redoes the journal
-            (target / JOURNAL_FILE).unlink()
+        (target / JOURNAL_FILE).unlink()
 
-    def pending(self, journal: Path) -> int:
-        """How many batches a journal file holds past the data file's checkpoint."""
+    def pending(self) -> int:
+        """How many batches the journal holds past the data file's checkpoint."""
+        journal = self.path / JOURNAL_FILE
         if not journal.exists():
             return 0
         with self.read() as txn:
@@ -378,7 +389,8 @@ class Storage:
         """A read transaction. In the thread that writes, while batches share an open write
         transaction, it is that transaction: a new read transaction would see only the last
         checkpoint."""
-        if self._open is not None and threading.get_ident() == self._owner:
+        if threading.get_ident() == self._owner and (self._open or self._redo_due()):
+            assert self._open is not None
             txn = Txn(self, self._open)
             yield txn
             if txn.writes:
@@ -386,6 +398,15 @@ class Storage:
             return
         with self.env.begin() as raw:
             yield Txn(self, raw)
+
+    def _redo_due(self) -> bool:
+        """After a batch failed, begin again (redoing the journal) for a read that comes first:
+        the data file alone lacks the batches since the last checkpoint. True once begun."""
+        if self.journal is None or not self.journal.end:
+            return False
+        with refusing():
+            self._begin()
+        return True
 
     def journal_stats(self) -> dict[str, int]:
         """For /stats: batches journaled and checkpoints made since the store started, and the
@@ -475,17 +496,20 @@ class Storage:
         self._owner = threading.get_ident()
         if not journal.end:
             return open_
-        top = Txn(self, open_)
-        end, seq = journal.end, journal.seq
-        batches = journal.replay(top.counter(JOURNAL_KEY))
-        if (journal.end, journal.seq) != (end, seq):
+        try:
+            top = Txn(self, open_)
+            end, seq = journal.end, journal.seq
+            batches = journal.replay(top.counter(JOURNAL_KEY), until=end)
+            if (journal.end, journal.seq) != (end, seq):
+                journal.end, journal.seq = end, seq
+                raise StorageError(
+                    f"the journal {journal.path} no longer holds the batches written since the "
+                    "last checkpoint (changed by another program?): restart the store on its data"
+                )
+            top.redo(batches)
+        except BaseException:  # half redone, it must not be the next batch's
             self._abandon()
-            journal.end, journal.seq = end, seq
-            raise StorageError(
-                f"the journal {journal.path} no longer holds the batches written since the last "
-                "checkpoint (changed by another program?): restart the store on its data"
-            )
-        top.redo(batches)
+            raise
         return open_
 
     def _abandon(self) -> None:
