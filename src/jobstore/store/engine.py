@@ -19,10 +19,10 @@ as the request's own writes: LMDB copies every page the request touches.
 
 A batch that finds the map full (LMDB's MapFullError) is abandoned, the map is
 doubled up to its ceiling (or, at the ceiling, the batches since the last
-checkpoint are committed, which frees the pages they replaced), and the batch runs
-again; only when neither is left to do does a request get 507. New jobs are refused before
-that, once the data in use reaches ``Limits.full_at`` of the ceiling, so work in
-flight keeps the room it needs.
+checkpoint are committed, which frees the pages they replaced), and the batch
+runs again; only when neither is left to do does a request get 507. New jobs are
+refused before that, once the data in use reaches ``Limits.full_at`` of the
+ceiling, so work in flight keeps the room it needs.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Engine:
                     # Full in a request: retry in a larger map, or after a checkpoint.
                     if not storage.make_room():
                         raise
-                    log.info("data file full: map grown to %d bytes", storage.map_size())
+                    log.info("data file full: retrying in a map of %d bytes", storage.map_size())
                 # The takes woken already run again too, after the batch's own requests.
                 batch = list(handled)
             shared.activity.record(shared.events, now)
