@@ -366,8 +366,8 @@ class Storage:
             self._last_at = _mono_ms()
             if self._first_at is None:
                 self._first_at = self._last_at
-            # At its ceiling the map cannot grow, and only a commit frees the pages replaced.
             self._writes += len(top.ops)
+            # At its ceiling the map cannot grow, and only a commit frees the pages replaced.
             if (
                 journal.end >= CHECKPOINT_BYTES
                 or self._writes >= CHECKPOINT_WRITES
