@@ -16,6 +16,7 @@ from jobstore.store.operations import Service
 from jobstore.store.storage import Storage
 
 from .conftest import StoreFactory
+from .test_journal import crash_copy
 
 
 def populate(path: Path) -> Storage:
@@ -38,6 +39,20 @@ def test_a_sound_directory_passes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert check(tmp_path / "data") == (6, [])
     assert main(["check", str(tmp_path / "data")]) == 0
     assert "ok: 6 record(s)" in capsys.readouterr().out
+
+
+def test_check_says_how_many_journaled_batches_it_does_not_see(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = populate(tmp_path / "data")  # open: its batches are in the journal, not checkpointed
+    copy = crash_copy(storage.path, tmp_path / "copy")
+    assert main(["check", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert "note: the journal holds 9 batch(es) not yet in the data file" in out
+    assert "ok: 0 record(s)" in out  # the data file as of its last checkpoint
+    storage.close()
+    assert main(["check", str(tmp_path / "data")]) == 0
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_a_directory_with_scheduled_jobs_passes(tmp_path: Path) -> None:

@@ -352,9 +352,16 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from ..store.check import check
+    from ..store.check import check, journaled
 
     count, problems = check(args.data_dir)
+    batches = journaled(args.data_dir)
+    if batches:
+        print(
+            f"note: the journal holds {batches} batch(es) not yet in the data file, which this "
+            "check reads: the store commits them at its next checkpoint, or redoes them when it "
+            "opens; check again then to include them"
+        )
     for problem in problems:
         print(f"problem: {problem}")
     if problems:

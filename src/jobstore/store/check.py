@@ -58,6 +58,16 @@ def check(path: str | Path) -> tuple[int, list[str]]:
         storage.close()
 
 
+def journaled(path: str | Path) -> int:
+    """How many batches the journal in ``path`` holds past the data file's checkpoint: what
+    :func:`check`, which reads the data file, does not see (a store redoes them when it opens)."""
+    storage = Storage(path, readonly=True)
+    try:
+        return storage.pending()
+    finally:
+        storage.close()
+
+
 def _unencodable(job: records.Job) -> list[str]:
     """Why the store could not send ``job`` back, on each codec it cannot (an older version
     stored values, such as NaN, that are refused at write today)."""
