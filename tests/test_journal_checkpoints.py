@@ -223,7 +223,8 @@ def test_a_failed_checkpoint_is_tried_again_after_checkpoint_ms_not_at_once(
     storage = Storage(tmp_path / "data")
     put(storage, "a")
     mono = storage_module._mono_ms() + storage_module.CHECKPOINT_MS
-    assert storage.checkpoint_in(mono) == 0  # due, the last batch being long past
+    due = storage.checkpoint_in(mono)
+    assert due is not None and due <= 0  # due, the last batch being long past
 
     def failing() -> None:
         raise StorageError("the disk is gone")
