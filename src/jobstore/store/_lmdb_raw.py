@@ -18,10 +18,10 @@ LMDB read and write.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import lmdb
 
@@ -173,6 +173,11 @@ def share_databases(txn: RawTxn) -> None:
     txn.rebind()
 
 
+def pages_in(stat: Mapping[str, Any]) -> int:
+    """The branch, leaf and overflow pages an LMDB ``stat`` counts (of a database, or the main one)."""
+    return int(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
+
+
 class RawTxn:
     """One LMDB transaction: entries as bytes, and the meta counters it keeps in memory.
 
@@ -296,8 +301,7 @@ class RawTxn:
 
     def pages(self, db: Database) -> int:
         """The branch, leaf and overflow pages of a database, as of this transaction."""
-        stat = self._lmdb.stat(db)
-        return int(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
+        return pages_in(self._lmdb.stat(db))
 
     def records(self) -> int:
         """How many job records the store holds: ``jobs`` has its database to itself in every

@@ -30,10 +30,9 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError, JobstoreError
 from ._lmdb_raw import (
@@ -44,6 +43,7 @@ from ._lmdb_raw import (
     Transaction,
     open_environment,
     open_tables,
+    pages_in,
     refuse_new_jobs,
     refusing,
 )
@@ -144,28 +144,12 @@ class Storage:
                 txn.set_meta(SECRET_KEY, secrets.token_bytes(32))
             self.secret = bytes(txn.meta(SECRET_KEY) or b"")
             upgrade(txn)
-        self.journal = Journal(self.path / JOURNAL_FILE, self.secret)
-        self._redo_journal()
-
-    def _redo_journal(self) -> None:
-        """Commit what the journal holds past the checkpoint, in a map grown as it needs (the
-        store that journaled it may have grown its map without committing the larger size)."""
-        journal = self.journal
-        assert journal is not None
-        while True:
-            try:
-                with self._commit() as txn:
-                    batches = journal.replay(txn.counter(JOURNAL_KEY))
-                    if batches:
-                        txn.redo(batches)
-                        txn.set_counter(JOURNAL_KEY, journal.seq)
-                break
-            except MapFull:
-                if not self.enlarge():
-                    raise
-        if batches:
-            log.info("redid %d batches from the journal", len(batches))
-        journal.restart()
+        journal = self.journal = Journal(self.path / JOURNAL_FILE, self.secret)
+        with self.read() as txn:
+            batches = len(journal.replay(txn.counter(JOURNAL_KEY)))  # finds where they end
+        if batches:  # redone and committed as any checkpoint is
+            self.checkpoint()
+            log.info("redid %d batches from the journal", batches)
 
     @property
     def places(self) -> dict[str, Place]:
@@ -235,7 +219,7 @@ class Storage:
         list's own few pages are left out.
         """
         databases = dict.fromkeys(db for db, _ in self.places.values())  # each one once
-        return (2 + _pages(self.env.stat()) + self._pages(databases)) * self._page_size
+        return (2 + pages_in(self.env.stat()) + self._pages(databases)) * self._page_size
 
     def _pages(self, databases: Iterable[Database]) -> int:
         """The branch, leaf and overflow pages of these databases (with the batches journaled
@@ -425,41 +409,48 @@ class Storage:
 
     def checkpoint(self) -> None:
         """Commit the batches journaled since the last checkpoint into the data file (LMDB's
-        durable commit) and start the journal again. A full map grows once and tries again."""
+        durable commit) and start the journal again. A full map grows (up to its ceiling) and
+        the batches are redone into it: the store that journaled them may have grown its map
+        without committing the larger size."""
         journal = self.journal
         if journal is None:
             return
-        for attempt in (1, 2):
-            if self._open is None:
-                if not journal.end:
-                    return
-                with refusing():
-                    self._begin()
-            open_ = self._open
-            self._open = None
-            assert open_ is not None
-            if not journal.end:
-                open_.abort()  # nothing written in it: nothing to commit
-                return
+        while True:
             try:
-                with refusing():
-                    top = Txn(self, open_)
-                    top.set_counter(JOURNAL_KEY, journal.seq)
-                    top.flush()
-                    open_.commit()
+                committed = self._commit_open(journal)
+                break
             except MapFull:
-                open_.abort()
-                if attempt == 2 or not self.enlarge():
+                if not self.enlarge():  # which abandons what is open
                     raise
-                continue
-            except BaseException:
-                open_.abort()
-                raise
+        if committed:
             journal.restart()
             self.checkpoints += 1
             self._first_at = None
             self._new_pages = self._writes = 0
-            return
+
+    def _commit_open(self, journal: Journal) -> bool:
+        """Commit the open transaction (begun and redone first if a failed batch abandoned it)
+        under the journal's last batch number; False when nothing was journaled since."""
+        if self._open is None:
+            if not journal.end:
+                return False
+            with refusing():
+                self._begin()
+        open_, self._open = self._open, None
+        assert open_ is not None
+        if not journal.end:
+            open_.abort()  # nothing written in it: nothing to commit
+            return False
+        try:
+            with refusing():
+                top = Txn(self, open_)
+                top.set_counter(JOURNAL_KEY, journal.seq)
+                top.flush()
+                open_.commit()
+        except BaseException:
+            open_.abort()
+            raise
+        return True
 
     def checkpoint_if_due(self, mono: int) -> None:
         """Checkpoint if :meth:`checkpoint_in` says it is time (the serve loop calls this when
@@ -517,7 +508,3 @@ class Storage:
         if self._open is not None:
             self._open.abort()
             self._open = None
-
-
-def _pages(stat: Mapping[str, Any]) -> int:
-    return int(stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
